@@ -1,0 +1,51 @@
+"""$connect: record the session and have the worker open the model session right away,
+so the model handshake overlaps the caller's first words instead of delaying the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from handlers.runtime import (
+    AUDIO_QUEUE_URL,
+    OK,
+    SESSION_TTL_SECONDS,
+    SESSIONS_TABLE,
+    dynamodb,
+    log,
+    log_fields,
+    request_context,
+    sqs,
+)
+from wire.queue import ConnectionInfo, EnvelopeKind, QueueEnvelope
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    ctx = request_context(event)
+    connection_id = ctx["connectionId"]
+    identity = ctx.get("identity") or {}
+    info = ConnectionInfo(
+        source_ip=str(identity.get("sourceIp", "")),
+        user_agent=str(identity.get("userAgent", ""))[:512],
+    )
+    now = int(time.time())
+    dynamodb.put_item(
+        TableName=SESSIONS_TABLE,
+        Item={
+            "connectionId": {"S": connection_id},
+            "ttl": {"N": str(now + SESSION_TTL_SECONDS)},
+            "createdAt": {"N": str(now)},
+            "sourceIp": {"S": info.source_ip},
+            "userAgent": {"S": info.user_agent},
+        },
+    )
+    envelope = QueueEnvelope(
+        kind=EnvelopeKind.OPEN,
+        connection_id=connection_id,
+        request_id=ctx.get("requestId") or f"{connection_id}-open",
+        received_at_ms=int(ctx.get("requestTimeEpoch") or now * 1000),
+        body=info.to_body(),
+    )
+    sqs.send_message(**envelope.to_send_message(AUDIO_QUEUE_URL))
+    log.info("connected", extra=log_fields(event, context))
+    return OK
