@@ -131,8 +131,8 @@ def parse_client_frame(frame: str | bytes) -> ClientMessage:
         text = obj.get("text")
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_TEXT_CHARS:
             raise ProtocolError(
-                ErrorCode.INVALID_TEXT, f'"text" must be a non-empty string of at most '
-                f"{MAX_TEXT_CHARS} characters"
+                ErrorCode.INVALID_TEXT,
+                f'"text" must be a non-empty string of at most {MAX_TEXT_CHARS} characters',
             )
         return TextIn(text=text)
     if action == Action.INTERRUPT:

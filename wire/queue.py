@@ -107,7 +107,9 @@ class ConnectionInfo:
             return cls()
         if not isinstance(obj, dict):
             return cls()
-        return cls(source_ip=str(obj.get("source_ip", "")), user_agent=str(obj.get("user_agent", "")))
+        return cls(
+            source_ip=str(obj.get("source_ip", "")), user_agent=str(obj.get("user_agent", ""))
+        )
 
 
 # ``receive_message`` arguments every consumer uses, so no attribute is ever left behind.

@@ -1,0 +1,305 @@
+"""The session core driven directly by scripted events: no sockets, no clock."""
+
+from __future__ import annotations
+
+import base64
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from openai.types.realtime import RealtimeClientEvent
+from pydantic import TypeAdapter
+
+from wire import client as proto
+from wire import realtime as rt
+from wire.audio import ms_to_bytes
+from worker.core import BridgeSession, BridgeSettings, EndSession, SendToClient, SendToModel
+
+CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
+CONFIG = rt.SessionConfig(model="gpt-realtime-mini", voice="marin", instructions="be brief")
+
+
+def new_session(**settings_kw: int) -> BridgeSession:
+    return BridgeSession("conn-1", CONFIG, BridgeSettings(**settings_kw), now_ms=0)
+
+
+def client_events(commands: list) -> list[dict]:
+    return [orjson.loads(c.payload) for c in commands if isinstance(c, SendToClient)]
+
+
+def model_events(commands: list) -> list[dict]:
+    return [c.event for c in commands if isinstance(c, SendToModel)]
+
+
+def delta(item_id: str, pcm: bytes) -> dict:
+    return {
+        "type": rt.OUTPUT_AUDIO_DELTA,
+        "event_id": "e",
+        "response_id": "resp_1",
+        "item_id": item_id,
+        "output_index": 0,
+        "content_index": 0,
+        "delta": base64.b64encode(pcm).decode(),
+    }
+
+
+def pcm_of(n: int, seed: int = 1) -> bytes:
+    return bytes((seed * 7 + i * 13) % 256 for i in range(n))
+
+
+def downlink_pcm(events: list[dict]) -> bytes:
+    return b"".join(proto.decode_audio(e) for e in events if e["type"] == "audio")
+
+
+def test_open_sends_a_valid_ga_session_update_first() -> None:
+    session = new_session()
+    (command,) = session.open()
+    assert isinstance(command, SendToModel)
+    event = command.event
+    CLIENT_EVENT.validate_python(event)
+    assert event["type"] == "session.update"
+    assert event["session"]["type"] == "realtime"
+    assert event["session"]["audio"]["input"]["format"] == {"type": "audio/pcm", "rate": 24000}
+    assert event["session"]["audio"]["output"]["voice"] == "marin"
+    assert event["session"]["audio"]["input"]["turn_detection"]["type"] == "server_vad"
+
+
+def test_ready_is_sent_once_when_the_model_confirms_the_session() -> None:
+    session = new_session()
+    updated = {"type": rt.SESSION_UPDATED, "event_id": "e", "session": {}}
+    first = client_events(session.receive_model_event(updated, 1))
+    again = client_events(session.receive_model_event(updated, 2))
+    assert first == [{"type": "ready", "model": "gpt-realtime-mini", "voice": "marin"}]
+    assert again == []
+
+
+def test_client_audio_reaches_the_model_unchanged() -> None:
+    session = new_session()
+    pcm = pcm_of(4800)
+    (event,) = model_events(session.receive_client_frame(proto.audio_action(pcm), 0))
+    CLIENT_EVENT.validate_python(event)
+    assert event["type"] == "input_audio_buffer.append"
+    assert base64.b64decode(event["audio"]) == pcm
+    assert session.uplink_bytes == 4800
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "invalid_json"),
+        ("[1,2]", "not_an_object"),
+        ('{"audio": "AAAA"}', "missing_action"),
+        ('{"action": "dance"}', "unknown_action"),
+        ('{"action": "audio"}', "invalid_audio"),
+        ('{"action": "audio", "audio": 5}', "invalid_audio"),
+        ('{"action": "audio", "audio": "!!!"}', "invalid_audio"),
+        ('{"action": "audio", "audio": "AA=="}', "invalid_audio"),  # one byte: odd count
+        ('{"action": "text", "text": ""}', "invalid_text"),
+        ('{"action": "interrupt", "played_ms": -1}', "invalid_interrupt"),
+        ('{"action": "interrupt", "played_ms": true}', "invalid_interrupt"),
+    ],
+)
+def test_bad_frames_get_an_error_event_and_the_next_good_frame_still_works(
+    frame: str, code: str
+) -> None:
+    session = new_session()
+    commands = session.receive_client_frame(frame, 0)
+    (error,) = client_events(commands)
+    assert error["type"] == "error" and error["code"] == code and error["message"]
+    assert model_events(commands) == []
+    good = session.receive_client_frame(proto.audio_action(b"\x01\x00" * 10), 1)
+    assert model_events(good)[0]["type"] == "input_audio_buffer.append"
+
+
+def test_oversized_audio_and_frames_are_refused_with_their_own_codes() -> None:
+    session = new_session()
+    too_much_pcm = proto.audio_action(b"\x00\x00" * (proto.MAX_UPLINK_PCM_BYTES // 2 + 1))
+    assert client_events(session.receive_client_frame(too_much_pcm, 0))[0]["code"] == (
+        "audio_too_large"
+    )
+    huge = '{"action":"text","text":"' + "x" * proto.MAX_FRAME_BYTES + '"}'
+    assert client_events(session.receive_client_frame(huge, 0))[0]["code"] == "message_too_large"
+
+
+def test_duplicate_sequence_numbers_are_dropped() -> None:
+    session = new_session()
+    frames = [proto.audio_action(pcm_of(100, s), seq=s) for s in (0, 1, 1, 2, 0, 3)]
+    sent = [e for f in frames for e in model_events(session.receive_client_frame(f, 0))]
+    assert [base64.b64decode(e["audio"]) for e in sent] == [pcm_of(100, s) for s in (0, 1, 2, 3)]
+
+
+def test_ping_gets_pong() -> None:
+    assert client_events(new_session().receive_client_frame('{"action":"ping"}', 0)) == [
+        {"type": "pong"}
+    ]
+
+
+def test_text_creates_a_user_item_and_asks_for_a_response() -> None:
+    session = new_session()
+    events = model_events(session.receive_client_frame(proto.text_action("hello"), 0))
+    for event in events:
+        CLIENT_EVENT.validate_python(event)
+    assert [e["type"] for e in events] == ["conversation.item.create", "response.create"]
+    assert events[0]["item"]["content"][0]["text"] == "hello"
+
+
+def test_first_audio_goes_out_at_once_then_deltas_are_coalesced() -> None:
+    session = new_session(chunk_bytes=4800, max_hold_ms=40)
+    session.receive_model_event({"type": rt.RESPONSE_CREATED, "response": {}}, 0)
+    first = client_events(session.receive_model_event(delta("item_a", pcm_of(960)), 10))
+    assert len(first) == 1 and len(proto.decode_audio(first[0])) == 960
+    assert first[0]["item_id"] == "item_a"
+    held = client_events(session.receive_model_event(delta("item_a", pcm_of(2400, 2)), 11))
+    assert held == []  # below one chunk: held for coalescing
+    assert session.next_deadline_ms() == 11 + 40
+    flushed = client_events(session.tick(51))
+    assert len(proto.decode_audio(flushed[0])) == 2400
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=20_000).map(lambda n: n * 2), max_size=30),
+    chunk=st.sampled_from([480, 4800, 9600, proto.MAX_DOWNLINK_PCM_BYTES]),
+)
+def test_downlink_is_lossless_ordered_and_within_the_frame_limit(
+    sizes: list[int], chunk: int
+) -> None:
+    session = new_session(chunk_bytes=chunk)
+    session.receive_model_event({"type": rt.RESPONSE_CREATED, "response": {}}, 0)
+    produced = b""
+    events: list[dict] = []
+    for i, size in enumerate(sizes):
+        pcm = pcm_of(size, i)
+        produced += pcm
+        commands = session.receive_model_event(delta("item_a", pcm), i)
+        for command in commands:
+            assert isinstance(command, SendToClient)
+            assert len(command.payload) <= proto.MAX_FRAME_BYTES
+        events += client_events(commands)
+    events += client_events(session.receive_model_event({"type": rt.RESPONSE_DONE}, 99))
+    assert downlink_pcm(events) == produced
+    assert all(len(proto.decode_audio(e)) <= chunk for e in events)
+
+
+def play_item(session: BridgeSession, item: str, ms: int, now: int) -> None:
+    session.receive_model_event({"type": rt.RESPONSE_CREATED, "response": {}}, now)
+    session.receive_model_event(delta(item, pcm_of(ms_to_bytes(ms))), now)
+
+
+def speech_started(item_id: str = "user_1") -> dict:
+    return {"type": rt.SPEECH_STARTED, "event_id": "e", "audio_start_ms": 0, "item_id": item_id}
+
+
+def test_barge_in_stops_playback_cancels_and_truncates_at_what_was_played() -> None:
+    session = new_session(chunk_bytes=24000)
+    play_item(session, "item_a", 2000, now=0)  # 2 s sent at t=0 (first audio goes at once)
+    commands = session.receive_model_event(speech_started(), 700)
+    assert client_events(commands)[0]["type"] == "speech_started"
+    assert [e["type"] for e in model_events(commands)] == ["response.cancel"]
+    # Audio generated before the cancel took effect never reaches the caller.
+    late = session.receive_model_event(delta("item_a", pcm_of(4800)), 710)
+    assert client_events(late) == []
+    report = session.receive_client_frame(proto.interrupt_action(650, "item_a"), 720)
+    (truncate,) = model_events(report)
+    CLIENT_EVENT.validate_python(truncate)
+    assert truncate == rt.item_truncate("item_a", 650)
+    assert model_events(session.tick(5000)) == []  # no second truncate on timeout
+
+
+def test_truncation_never_goes_past_what_was_sent() -> None:
+    session = new_session(chunk_bytes=24000)
+    play_item(session, "item_a", 300, now=0)
+    session.receive_model_event(speech_started(), 100)
+    (truncate,) = model_events(session.receive_client_frame(proto.interrupt_action(99_999), 110))
+    assert truncate["audio_end_ms"] == 300
+
+
+def test_without_a_report_the_core_truncates_at_its_estimate_after_the_wait() -> None:
+    session = new_session(chunk_bytes=24000, interrupt_report_wait_ms=400)
+    play_item(session, "item_a", 3000, now=1000)
+    session.receive_model_event(speech_started(), 1500)
+    assert model_events(session.tick(1899)) == []
+    (truncate,) = model_events(session.tick(1900))
+    assert truncate["audio_end_ms"] == 900  # played from t=1000 until now, capped by sent
+
+
+def test_speech_with_nothing_playing_neither_cancels_nor_truncates() -> None:
+    session = new_session()
+    commands = session.receive_model_event(speech_started(), 0)
+    assert model_events(commands) == [] and session.next_deadline_ms() == 300_000
+    play_item(session, "item_a", 100, now=10)
+    session.receive_model_event({"type": rt.RESPONSE_DONE}, 20)
+    # long after the 100 ms were played out:
+    assert model_events(session.receive_model_event(speech_started("user_2"), 5000)) == []
+
+
+def test_client_initiated_interrupt_cancels_and_truncates() -> None:
+    session = new_session(chunk_bytes=24000)
+    play_item(session, "item_a", 1000, now=0)
+    events = model_events(session.receive_client_frame(proto.interrupt_action(250, "item_a"), 300))
+    assert [e["type"] for e in events] == ["response.cancel", "conversation.item.truncate"]
+    assert events[1]["audio_end_ms"] == 250
+
+
+def test_transcripts_of_both_sides_reach_the_client() -> None:
+    session = new_session()
+    events = []
+    for event in (
+        {"type": rt.INPUT_TRANSCRIPT_DELTA, "item_id": "u", "delta": "hel"},
+        {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u", "transcript": "hello"},
+        {"type": rt.OUTPUT_TRANSCRIPT_DELTA, "item_id": "a", "delta": "hi"},
+        {"type": rt.OUTPUT_TRANSCRIPT_DONE, "item_id": "a", "transcript": "hi there"},
+    ):
+        events += client_events(session.receive_model_event(event, 0))
+    assert [(e["role"], e["text"], e["final"]) for e in events] == [
+        ("user", "hel", False),
+        ("user", "hello", True),
+        ("assistant", "hi", False),
+        ("assistant", "hi there", True),
+    ]
+
+
+def test_model_errors_reach_the_client_except_benign_races() -> None:
+    session = new_session()
+    benign = {"type": "error", "error": {"code": "response_cancel_not_active", "message": "x"}}
+    real = {"type": "error", "error": {"code": "invalid_value", "message": "bad thing"}}
+    assert session.receive_model_event(benign, 0) == []
+    (event,) = client_events(session.receive_model_event(real, 0))
+    assert event == {"type": "error", "code": "model_error", "message": "bad thing"}
+
+
+def test_speech_stopped_carries_the_end_of_speech_position() -> None:
+    session = new_session()
+    stopped = {"type": rt.SPEECH_STOPPED, "audio_end_ms": 1234, "item_id": "u"}
+    assert client_events(session.receive_model_event(stopped, 0)) == [
+        {"type": "speech_stopped", "audio_end_ms": 1234}
+    ]
+
+
+def test_keepalive_after_a_quiet_interval() -> None:
+    session = new_session(keepalive_interval_ms=1000)
+    assert session.tick(999) == []
+    assert client_events(session.tick(1000)) == [{"type": "keepalive"}]
+    assert session.next_deadline_ms() == 2000
+
+
+def test_an_ended_session_ignores_everything() -> None:
+    session = new_session()
+    assert session.end("caller_gone") == [EndSession("caller_gone")]
+    assert session.end("again") == []
+    assert session.receive_client_frame(proto.audio_action(b"\x00\x00"), 0) == []
+    assert session.receive_model_event(delta("a", b"\x00\x00"), 0) == []
+    assert session.tick(10**9) == [] and session.next_deadline_ms() is None
+
+
+def test_settings_refuse_chunks_that_cannot_fit_a_frame() -> None:
+    with pytest.raises(ValueError, match="exceeds"):
+        BridgeSettings(chunk_bytes=proto.MAX_DOWNLINK_PCM_BYTES + 2)
+    with pytest.raises(ValueError, match="even"):
+        BridgeSettings(chunk_bytes=4801)
+
+
+def test_largest_downlink_message_fits_one_frame() -> None:
+    payload = proto.audio_event(b"\xff" * proto.MAX_DOWNLINK_PCM_BYTES, "item_" + "x" * 40)
+    assert len(payload) <= proto.MAX_FRAME_BYTES

@@ -1,0 +1,417 @@
+"""The bridge between one caller and one Realtime model session, with no I/O.
+
+``BridgeSession`` is a state machine in the manner of the ``websockets`` protocol core:
+client frames, model events and the passage of time go in; commands come out (a message
+for the client, an event for the model, the end of the session). It never touches a
+socket, a queue or a clock: the caller passes ``now_ms`` and acts on the commands. That is
+why every adapter (SQS, ``@connections``, the Realtime socket, the local emulator, a phone
+line later) shares one behaviour, and why the tests can drive it exhaustively and fast.
+
+What it decides:
+- validation of every client frame (bad input becomes an ``error`` event, never a crash);
+- downlink chunking: model audio deltas are coalesced to ``chunk_bytes`` per client
+  message (never above the 32 KB frame limit), the first audio of an item goes out at once;
+- barge-in: on ``speech_started`` the client is told to stop playback, unsent audio is
+  dropped, the response is cancelled, and the assistant item is truncated at what the
+  client reports it played, never past what was sent;
+- keepalive on an idle downlink.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+
+from wire import client as proto
+from wire import realtime as rt
+from wire.audio import bytes_to_ms
+from wire.client import ErrorCode, ProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class SendToClient:
+    """Post this frame to the caller (in order with every other SendToClient)."""
+
+    payload: bytes
+    audio_bytes: int = 0  # PCM carried, for accounting; 0 for control events
+
+
+@dataclass(frozen=True, slots=True)
+class SendToModel:
+    """Send this event on the Realtime socket (in order)."""
+
+    event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """The call is over: close the model socket and forget the session."""
+
+    reason: str
+
+
+Command = SendToClient | SendToModel | EndSession
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeSettings:
+    """Tunables of the core. Defaults suit a browser on a normal network."""
+
+    # PCM per downlink message. 4,800 bytes = 100 ms: ten posts a second while the agent
+    # talks. Larger chunks cost fewer messages, smaller ones start playback sooner.
+    chunk_bytes: int = 4_800
+    # Longest time audio waits in the coalescing buffer before it goes out anyway.
+    max_hold_ms: int = 40
+    # How long to wait for the client's ``interrupt`` report after barge-in before
+    # truncating at our own estimate of what it played.
+    interrupt_report_wait_ms: int = 400
+    # A message after this long without downlink traffic keeps proxies and the API
+    # Gateway idle timer (10 minutes) from closing a quiet call.
+    keepalive_interval_ms: int = 300_000
+
+    def __post_init__(self) -> None:
+        if self.chunk_bytes <= 0 or self.chunk_bytes % 2:
+            raise ValueError(f"chunk_bytes must be a positive even number, got {self.chunk_bytes}")
+        if self.chunk_bytes > proto.MAX_DOWNLINK_PCM_BYTES:
+            raise ValueError(
+                f"chunk_bytes {self.chunk_bytes} exceeds {proto.MAX_DOWNLINK_PCM_BYTES}, the "
+                "largest PCM that fits one 32 KB WebSocket frame as base64 JSON"
+            )
+
+
+@dataclass(slots=True)
+class AssistantAudio:
+    """Downlink state of one assistant audio item."""
+
+    item_id: str
+    content_index: int = 0
+    pending: bytearray = field(default_factory=bytearray)
+    pending_since_ms: int | None = None
+    sent_bytes: int = 0
+    first_sent_ms: int | None = None
+    generation_done: bool = False
+    interrupted: bool = False  # barge-in happened: drop further deltas for this item
+
+    @property
+    def sent_ms(self) -> int:
+        return bytes_to_ms(self.sent_bytes)
+
+    def estimated_played_ms(self, now_ms: int) -> int:
+        """What the client has played if it started on the first chunk and never stalled."""
+        if self.first_sent_ms is None:
+            return 0
+        return max(0, min(self.sent_ms, now_ms - self.first_sent_ms))
+
+
+@dataclass(slots=True)
+class PendingTruncation:
+    item: AssistantAudio
+    deadline_ms: int
+
+
+class BridgeSession:
+    """One call: the caller on one side, one Realtime model session on the other."""
+
+    def __init__(
+        self,
+        connection_id: str,
+        session_config: rt.SessionConfig,
+        settings: BridgeSettings | None = None,
+        *,
+        now_ms: int,
+    ) -> None:
+        self.connection_id = connection_id
+        self.session_config = session_config
+        self.settings = settings or BridgeSettings()
+        self.ended = False
+        self.ready = False
+        self.response_active = False
+        self.uplink_bytes = 0
+        self.last_seq: int | None = None
+        self._assistant: AssistantAudio | None = None
+        self._pending_truncation: PendingTruncation | None = None
+        self._last_downlink_ms = now_ms
+
+    # --- inputs ---------------------------------------------------------------------------
+
+    def open(self) -> list[Command]:
+        """Commands that start the model session; the first thing sent on the socket."""
+        return [SendToModel(rt.session_update(self.session_config))]
+
+    def receive_client_frame(self, frame: str | bytes, now_ms: int) -> list[Command]:
+        """One frame from the caller, exactly as the WebSocket delivered it."""
+        if self.ended:
+            return []
+        try:
+            message = proto.parse_client_frame(frame)
+        except ProtocolError as exc:
+            return [self._to_client(proto.error_event(exc.code, exc.message), now_ms)]
+        if isinstance(message, proto.AudioIn):
+            return self._on_audio(message)
+        if isinstance(message, proto.TextIn):
+            return self._on_text(message)
+        if isinstance(message, proto.InterruptIn):
+            return self._on_client_interrupt(message, now_ms)
+        return [self._to_client(proto.pong_event(), now_ms)]
+
+    def receive_model_event(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        """One event from the Realtime socket, already decoded from JSON."""
+        if self.ended:
+            return []
+        kind = event.get("type")
+        handler = _MODEL_HANDLERS.get(kind) if isinstance(kind, str) else None
+        if handler is None:
+            return []  # events the bridge has no use for (rate limits, item bookkeeping, ...)
+        return handler(self, event, now_ms)
+
+    def tick(self, now_ms: int) -> list[Command]:
+        """Let time pass: flush held audio, time out barge-in reports, keep the line alive."""
+        if self.ended:
+            return []
+        out: list[Command] = []
+        item = self._assistant
+        if (
+            item is not None
+            and item.pending_since_ms is not None
+            and now_ms - item.pending_since_ms >= self.settings.max_hold_ms
+        ):
+            out.extend(self._flush(item, now_ms, everything=True))
+        pending = self._pending_truncation
+        if pending is not None and now_ms >= pending.deadline_ms:
+            out.extend(self._truncate(pending.item.estimated_played_ms(now_ms)))
+        if now_ms - self._last_downlink_ms >= self.settings.keepalive_interval_ms:
+            out.append(self._to_client(proto.keepalive_event(), now_ms))
+        return out
+
+    def next_deadline_ms(self) -> int | None:
+        """When ``tick`` next has something to do; None if nothing is scheduled."""
+        deadlines = [self._last_downlink_ms + self.settings.keepalive_interval_ms]
+        item = self._assistant
+        if item is not None and item.pending_since_ms is not None:
+            deadlines.append(item.pending_since_ms + self.settings.max_hold_ms)
+        if self._pending_truncation is not None:
+            deadlines.append(self._pending_truncation.deadline_ms)
+        return min(deadlines) if not self.ended else None
+
+    def end(self, reason: str) -> list[Command]:
+        """End the call from our side (caller gone, shutdown, limits)."""
+        if self.ended:
+            return []
+        self.ended = True
+        return [EndSession(reason)]
+
+    # --- client messages ------------------------------------------------------------------
+
+    def _on_audio(self, message: proto.AudioIn) -> list[Command]:
+        if message.seq is not None:
+            if self.last_seq is not None and message.seq <= self.last_seq:
+                return []  # a duplicate delivery: the model must hear each frame once
+            self.last_seq = message.seq
+        self.uplink_bytes += len(message.pcm)
+        return [SendToModel(rt.input_audio_append(message.pcm))]
+
+    def _on_text(self, message: proto.TextIn) -> list[Command]:
+        out: list[Command] = []
+        if self.response_active:
+            out.append(SendToModel(rt.response_cancel()))
+        out.append(SendToModel(rt.user_text_item(message.text)))
+        out.append(SendToModel(rt.response_create()))
+        return out
+
+    def _on_client_interrupt(self, message: proto.InterruptIn, now_ms: int) -> list[Command]:
+        """The client stopped playback and says how much of the item it played."""
+        pending = self._pending_truncation
+        if pending is not None and message.item_id in (None, pending.item.item_id):
+            return self._truncate(message.played_ms)
+        item = self._assistant
+        if item is None or item.interrupted or (message.item_id not in (None, item.item_id)):
+            return []  # nothing playing, or a report for an item already settled
+        # The caller interrupted on its own (a button, not the model's VAD).
+        out = self._interrupt(item, now_ms)
+        out.extend(self._truncate(message.played_ms))
+        return out
+
+    # --- model events ---------------------------------------------------------------------
+
+    def _on_session_updated(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        if self.ready:
+            return []
+        self.ready = True
+        cfg = self.session_config
+        return [self._to_client(proto.ready_event(cfg.model, cfg.voice), now_ms)]
+
+    def _on_error(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        error = event.get("error") or {}
+        if error.get("code") in rt.BENIGN_ERROR_CODES:
+            return []
+        message = str(error.get("message") or "the model reported an error")
+        return [self._to_client(proto.error_event(ErrorCode.MODEL_ERROR, message), now_ms)]
+
+    def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        out: list[Command] = [
+            self._to_client(proto.speech_started_event(event.get("item_id")), now_ms)
+        ]
+        item = self._assistant
+        if item is not None and not item.interrupted and self._may_still_be_playing(item, now_ms):
+            out.extend(self._interrupt(item, now_ms))
+            self._pending_truncation = PendingTruncation(
+                item, now_ms + self.settings.interrupt_report_wait_ms
+            )
+        return out
+
+    def _on_speech_stopped(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        end_ms = event.get("audio_end_ms")
+        if not isinstance(end_ms, int):
+            return []
+        return [self._to_client(proto.speech_stopped_event(end_ms), now_ms)]
+
+    def _on_response_created(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self.response_active = True
+        return []
+
+    def _on_response_done(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self.response_active = False
+        item = self._assistant
+        if item is None or item.interrupted:
+            return []
+        item.generation_done = True
+        return self._flush(item, now_ms, everything=True)
+
+    def _on_audio_delta(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        item_id = event.get("item_id")
+        delta = event.get("delta")
+        if not isinstance(item_id, str) or not isinstance(delta, str):
+            return []
+        item = self._assistant
+        if item is None or item.item_id != item_id:
+            out = self._flush(item, now_ms, everything=True) if item else []
+            item = AssistantAudio(item_id, content_index=int(event.get("content_index") or 0))
+            self._assistant = item
+        else:
+            out = []
+        if item.interrupted:
+            return out  # generated before the cancel took effect: the caller must not hear it
+        try:
+            pcm = _b64decode(delta)
+        except ValueError:
+            return out
+        item.pending += pcm
+        if item.pending_since_ms is None:
+            item.pending_since_ms = now_ms
+        # The first audio of an item goes out at once: it decides how fast the agent
+        # seems to answer. The rest is coalesced into chunk_bytes messages.
+        out.extend(self._flush(item, now_ms, everything=item.sent_bytes == 0))
+        return out
+
+    def _on_audio_done(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        item = self._assistant
+        if item is None or item.item_id != event.get("item_id") or item.interrupted:
+            return []
+        item.generation_done = True
+        return self._flush(item, now_ms, everything=True)
+
+    def _on_output_transcript_delta(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        return self._transcript("assistant", event, "delta", final=False, now_ms=now_ms)
+
+    def _on_output_transcript_done(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        return self._transcript("assistant", event, "transcript", final=True, now_ms=now_ms)
+
+    def _on_input_transcript_delta(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        return self._transcript("user", event, "delta", final=False, now_ms=now_ms)
+
+    def _on_input_transcript_completed(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        return self._transcript("user", event, "transcript", final=True, now_ms=now_ms)
+
+    # --- mechanics ------------------------------------------------------------------------
+
+    def _transcript(
+        self, role: str, event: dict[str, Any], key: str, *, final: bool, now_ms: int
+    ) -> list[Command]:
+        text = event.get(key)
+        if not isinstance(text, str) or (not text and not final):
+            return []
+        payload = proto.transcript_event(role, text, final, event.get("item_id"))
+        return [self._to_client(payload, now_ms)]
+
+    def _may_still_be_playing(self, item: AssistantAudio, now_ms: int) -> bool:
+        if not item.generation_done or item.pending:
+            return True
+        return item.estimated_played_ms(now_ms) < item.sent_ms
+
+    def _interrupt(self, item: AssistantAudio, now_ms: int) -> list[Command]:
+        """Stop the assistant's audio: drop what was not sent, cancel generation."""
+        item.interrupted = True
+        item.pending.clear()
+        item.pending_since_ms = None
+        if self.response_active:
+            return [SendToModel(rt.response_cancel())]
+        return []
+
+    def _truncate(self, played_ms: int) -> list[Command]:
+        """Tell the model what the caller heard. Never past what was sent: a too-large
+        ``audio_end_ms`` is rejected and the model then stays silent for good."""
+        pending = self._pending_truncation
+        self._pending_truncation = None
+        item = pending.item if pending else self._assistant
+        if item is None:
+            return []
+        end_ms = max(0, min(played_ms, item.sent_ms))
+        return [SendToModel(rt.item_truncate(item.item_id, end_ms, item.content_index))]
+
+    def _flush(
+        self, item: AssistantAudio | None, now_ms: int, *, everything: bool
+    ) -> list[Command]:
+        if item is None or not item.pending:
+            return []
+        out: list[Command] = []
+        chunk = self.settings.chunk_bytes
+        pending = item.pending
+        start = 0
+        while len(pending) - start >= chunk:
+            out.append(self._audio_to_client(item, bytes(pending[start : start + chunk]), now_ms))
+            start += chunk
+        if everything and start < len(pending):
+            out.append(self._audio_to_client(item, bytes(pending[start:]), now_ms))
+            start = len(pending)
+        del pending[:start]
+        if not pending:
+            item.pending_since_ms = None
+        elif out:
+            item.pending_since_ms = now_ms  # the remainder starts its own hold
+        return out
+
+    def _audio_to_client(self, item: AssistantAudio, pcm: bytes, now_ms: int) -> SendToClient:
+        if item.first_sent_ms is None:
+            item.first_sent_ms = now_ms
+        item.sent_bytes += len(pcm)
+        self._last_downlink_ms = now_ms
+        return SendToClient(proto.audio_event(pcm, item.item_id), audio_bytes=len(pcm))
+
+    def _to_client(self, payload: bytes, now_ms: int) -> SendToClient:
+        self._last_downlink_ms = now_ms
+        return SendToClient(payload)
+
+
+def _b64decode(data: str) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("bad base64 audio from the model") from exc
+
+
+_MODEL_HANDLERS = {
+    rt.SESSION_UPDATED: BridgeSession._on_session_updated,
+    rt.ERROR: BridgeSession._on_error,
+    rt.SPEECH_STARTED: BridgeSession._on_speech_started,
+    rt.SPEECH_STOPPED: BridgeSession._on_speech_stopped,
+    rt.RESPONSE_CREATED: BridgeSession._on_response_created,
+    rt.RESPONSE_DONE: BridgeSession._on_response_done,
+    rt.OUTPUT_AUDIO_DELTA: BridgeSession._on_audio_delta,
+    rt.OUTPUT_AUDIO_DONE: BridgeSession._on_audio_done,
+    rt.OUTPUT_TRANSCRIPT_DELTA: BridgeSession._on_output_transcript_delta,
+    rt.OUTPUT_TRANSCRIPT_DONE: BridgeSession._on_output_transcript_done,
+    rt.INPUT_TRANSCRIPT_DELTA: BridgeSession._on_input_transcript_delta,
+    rt.INPUT_TRANSCRIPT_COMPLETED: BridgeSession._on_input_transcript_completed,
+}

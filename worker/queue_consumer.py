@@ -1,0 +1,106 @@
+"""Transport: the audio queue (SQS FIFO), long-polled by a few concurrent loops.
+
+A FIFO message group (one per call) stays locked while any of its received messages is
+undeleted, so each loop deletes what it received as soon as the envelopes are handed to
+the sessions; the next frames of that call can then be received at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from wire.queue import RECEIVE_ATTRIBUTES, QueueEnvelope
+
+log = logging.getLogger("voice-agent.worker.queue")
+
+_WAIT_SECONDS = 20  # long polling: an idle worker makes three requests a minute per loop
+_BATCH = 10  # SQS maximum per receive
+_RETRY_PAUSE_S = 1.0
+
+
+class QueueConsumer:
+    """Receives envelopes and hands each to ``on_envelope`` in queue order."""
+
+    def __init__(
+        self,
+        sqs_client: Any,
+        queue_url: str,
+        executor: Executor,
+        *,
+        pollers: int,
+        on_envelope: Callable[[QueueEnvelope], None],
+        wait_seconds: int = _WAIT_SECONDS,
+    ) -> None:
+        self._sqs = sqs_client
+        self._queue_url = queue_url
+        self._executor = executor
+        self._pollers = pollers
+        self._on_envelope = on_envelope
+        self._wait_seconds = wait_seconds
+        self._stopping = asyncio.Event()
+        self.received = 0
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._poll(i) for i in range(self._pollers)))
+
+    def stop(self) -> None:
+        """Take no more messages; loops end after their current long poll."""
+        self._stopping.set()
+
+    async def _poll(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping.is_set():
+            try:
+                response = await loop.run_in_executor(self._executor, self._receive)
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("receive failed", extra={"poller": index, "error": repr(exc)})
+                await asyncio.sleep(_RETRY_PAUSE_S)
+                continue
+            messages = response.get("Messages") or []
+            if not messages:
+                continue
+            self._dispatch(messages)
+            try:
+                await loop.run_in_executor(self._executor, self._delete, messages)
+            except (ClientError, BotoCoreError) as exc:
+                # Undeleted messages come back after the visibility timeout; the session
+                # core drops what it has already seen.
+                log.warning("delete failed", extra={"poller": index, "error": repr(exc)})
+
+    def _receive(self) -> dict[str, Any]:
+        return self._sqs.receive_message(
+            QueueUrl=self._queue_url,
+            MaxNumberOfMessages=_BATCH,
+            WaitTimeSeconds=self._wait_seconds,
+            **RECEIVE_ATTRIBUTES,
+        )
+
+    def _dispatch(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            self.received += 1
+            try:
+                envelope = QueueEnvelope.from_message(message)
+            except ValueError as exc:
+                log.warning(
+                    "dropping a message that is not an envelope",
+                    extra={"message_id": message.get("MessageId"), "error": str(exc)},
+                )
+                continue
+            try:
+                self._on_envelope(envelope)
+            except Exception:  # noqa: BLE001 - one bad frame must not stop the worker
+                log.exception(
+                    "envelope handling failed", extra={"connection_id": envelope.connection_id}
+                )
+
+    def _delete(self, messages: list[dict[str, Any]]) -> None:
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)
+        ]
+        self._sqs.delete_message_batch(QueueUrl=self._queue_url, Entries=entries)
