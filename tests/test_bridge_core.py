@@ -303,3 +303,13 @@ def test_settings_refuse_chunks_that_cannot_fit_a_frame() -> None:
 def test_largest_downlink_message_fits_one_frame() -> None:
     payload = proto.audio_event(b"\xff" * proto.MAX_DOWNLINK_PCM_BYTES, "item_" + "x" * 40)
     assert len(payload) <= proto.MAX_FRAME_BYTES
+
+
+def test_audio_done_follows_the_last_audio_of_an_item() -> None:
+    session = new_session(chunk_bytes=4800)
+    play_item(session, "item_a", 50, now=0)
+    session.receive_model_event(delta("item_a", pcm_of(1000)), 1)
+    done = {"type": rt.OUTPUT_AUDIO_DONE, "item_id": "item_a", "response_id": "r"}
+    events = client_events(session.receive_model_event(done, 2))
+    assert [e["type"] for e in events] == ["audio", "audio_done"]
+    assert events[1]["item_id"] == "item_a"

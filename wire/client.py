@@ -45,6 +45,7 @@ class EventType(StrEnum):
 
     READY = "ready"
     AUDIO = "audio"
+    AUDIO_DONE = "audio_done"
     SPEECH_STARTED = "speech_started"
     SPEECH_STOPPED = "speech_stopped"
     TRANSCRIPT = "transcript"
@@ -214,6 +215,11 @@ def audio_event(pcm: bytes, item_id: str) -> bytes:
     if len(pcm) > MAX_DOWNLINK_PCM_BYTES:
         raise ValueError(f"{len(pcm)} bytes of PCM exceed {MAX_DOWNLINK_PCM_BYTES} per message")
     return _event(EventType.AUDIO, audio=base64.b64encode(pcm).decode(), item_id=item_id)
+
+
+def audio_done_event(item_id: str) -> bytes:
+    """All audio of this item has been sent (not sent after a barge-in)."""
+    return _event(EventType.AUDIO_DONE, item_id=item_id)
 
 
 def ready_event(model: str, voice: str) -> bytes:

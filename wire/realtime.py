@@ -36,6 +36,30 @@ INPUT_TRANSCRIPT_DELTA = "conversation.item.input_audio_transcription.delta"
 INPUT_TRANSCRIPT_COMPLETED = "conversation.item.input_audio_transcription.completed"
 ITEM_TRUNCATED = "conversation.item.truncated"
 
+# Server -> client events the bridge may ignore but a faithful server (the emulator) sends.
+INPUT_AUDIO_CLEARED = "input_audio_buffer.cleared"
+ITEM_ADDED = "conversation.item.added"
+ITEM_DONE = "conversation.item.done"
+ITEM_DELETED = "conversation.item.deleted"
+ITEM_RETRIEVED = "conversation.item.retrieved"
+OUTPUT_ITEM_ADDED = "response.output_item.added"
+OUTPUT_ITEM_DONE = "response.output_item.done"
+CONTENT_PART_ADDED = "response.content_part.added"
+CONTENT_PART_DONE = "response.content_part.done"
+RATE_LIMITS_UPDATED = "rate_limits.updated"
+
+# Client -> server event types (GA WebSocket).
+SESSION_UPDATE = "session.update"
+INPUT_AUDIO_APPEND = "input_audio_buffer.append"
+INPUT_AUDIO_COMMIT = "input_audio_buffer.commit"
+INPUT_AUDIO_CLEAR = "input_audio_buffer.clear"
+ITEM_CREATE = "conversation.item.create"
+ITEM_TRUNCATE = "conversation.item.truncate"
+ITEM_DELETE = "conversation.item.delete"
+ITEM_RETRIEVE = "conversation.item.retrieve"
+RESPONSE_CREATE = "response.create"
+RESPONSE_CANCEL = "response.cancel"
+
 # Error codes the bridge expects in a race and ignores: cancelling a response the server
 # already cancelled (server VAD's interrupt_response does that on barge-in).
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active"})

@@ -310,7 +310,9 @@ class BridgeSession:
         if item is None or item.item_id != event.get("item_id") or item.interrupted:
             return []
         item.generation_done = True
-        return self._flush(item, now_ms, everything=True)
+        out = self._flush(item, now_ms, everything=True)
+        out.append(self._to_client(proto.audio_done_event(item.item_id), now_ms))
+        return out
 
     def _on_output_transcript_delta(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         return self._transcript("assistant", event, "delta", final=False, now_ms=now_ms)

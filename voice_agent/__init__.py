@@ -1,0 +1,2 @@
+"""The ``voice-agent`` command: the local stack, a command-line caller, and (later) tokens,
+benchmarks and cost estimates."""

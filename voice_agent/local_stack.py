@@ -1,0 +1,197 @@
+"""The local stack: the production handlers and worker on one machine, no AWS account.
+
+What runs where, and what stands in for AWS:
+- moto in server mode (real DynamoDB/SQS wire protocol) with the table and queues created
+  from ``infra.specs``, the same definitions the Pulumi program deploys;
+- the API Gateway WebSocket emulator, calling the real ``handlers.*.handler`` functions
+  with events shaped as API Gateway sends them, and serving ``@connections`` and the page;
+- the real worker (``python -m worker``) in its own process, as on ECS;
+- the OpenAI Realtime emulator, unless ``OPENAI_API_KEY`` is set (then real OpenAI).
+
+Only endpoints differ from production, through the same environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import boto3
+
+from infra.specs import create_local_resources
+from wire import realtime as rt
+
+log = logging.getLogger("voice-agent.local")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STATIC_DIR = REPO_ROOT / "static"
+REGION = "us-east-1"
+STAGE = "local"
+
+
+@dataclass
+class LocalStackOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    model: str = "gpt-realtime-mini"
+    voice: str = rt.SessionConfig.voice
+    openai_api_key: str = ""
+    chunk_bytes: int | None = None
+    log_level: str = "WARNING"
+    # Extra environment for worker processes (benchmarks and tests tune the worker here).
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LocalStackUrls:
+    page: str
+    websocket: str
+    connections: str
+    realtime: str
+    moto: str
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class LocalStack:
+    """Start with ``await start()``, stop with ``await stop()``; one per process, because the
+    handlers, as in Lambda, read their environment once at import."""
+
+    def __init__(self, options: LocalStackOptions) -> None:
+        self.options = options
+        self._moto: Any = None
+        self._realtime: Any = None
+        self._gateway: Any = None
+        self._workers: list[subprocess.Popen[bytes]] = []
+        self.urls: LocalStackUrls | None = None
+
+    async def start(self) -> LocalStackUrls:
+        opts = self.options
+        moto_url = self._start_moto()
+        self._point_aws_at(moto_url)
+        resources = create_local_resources(
+            boto3.client("dynamodb", region_name=REGION), boto3.client("sqs", region_name=REGION)
+        )
+        os.environ["SESSIONS_TABLE"] = resources.table_name
+        os.environ["AUDIO_QUEUE_URL"] = resources.queue_url
+        os.environ.setdefault("LOG_LEVEL", opts.log_level)
+
+        realtime_url = await self._start_realtime()
+        gateway = self._build_gateway()
+        await gateway.start(host=opts.host, port=opts.port)
+        self._gateway = gateway
+        self.urls = LocalStackUrls(
+            page=f"{gateway.page_url}?ws={quote(gateway.ws_url, safe='')}",
+            websocket=gateway.ws_url,
+            connections=gateway.connections_endpoint_url,
+            realtime=realtime_url,
+            moto=moto_url,
+        )
+        for index in range(opts.workers):
+            self._workers.append(self._spawn_worker(index))
+        return self.urls
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self._workers:
+            try:
+                await asyncio.to_thread(worker.wait, 15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self._workers.clear()
+        if self._gateway is not None:
+            await self._gateway.stop()
+        if self._realtime is not None:
+            await self._realtime.stop()
+        if self._moto is not None:
+            self._moto.stop()
+
+    @property
+    def worker_processes(self) -> list[subprocess.Popen[bytes]]:
+        return self._workers
+
+    # --- parts ----------------------------------------------------------------------------
+
+    def _start_moto(self) -> str:
+        from moto.server import ThreadedMotoServer
+
+        port = free_port(self.options.host)
+        self._moto = ThreadedMotoServer(ip_address=self.options.host, port=port, verbose=False)
+        self._moto.start()
+        return f"http://{self.options.host}:{port}"
+
+    @staticmethod
+    def _point_aws_at(moto_url: str) -> None:
+        # Credentials moto accepts; never real ones, so nothing can reach AWS by accident.
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_REGION": REGION,
+                "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
+                "AWS_ENDPOINT_URL_SQS": moto_url,
+            }
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+
+    async def _start_realtime(self) -> str:
+        if self.options.openai_api_key:
+            return rt.DEFAULT_BASE_URL
+        from emulators.realtime import RealtimeEmulator
+
+        self._realtime = RealtimeEmulator()
+        return str(await self._realtime.start(host=self.options.host, port=0))
+
+    def _build_gateway(self) -> Any:
+        from emulators.api_gateway import ApiGatewayEmulator
+
+        # Imported only now: like Lambda, the handlers read their environment at import.
+        routes = {
+            "$connect": importlib.import_module("handlers.connect").handler,
+            "$default": importlib.import_module("handlers.default").handler,
+            "$disconnect": importlib.import_module("handlers.disconnect").handler,
+        }
+        return ApiGatewayEmulator(routes=routes, stage=STAGE, static_dir=STATIC_DIR)
+
+    def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
+        assert self.urls is not None
+        opts = self.options
+        env = dict(os.environ)
+        env.update(
+            {
+                "CONNECTIONS_ENDPOINT_URL": self.urls.connections,
+                "REALTIME_BASE_URL": self.urls.realtime,
+                "REALTIME_MODEL": opts.model,
+                "REALTIME_VOICE": opts.voice,
+                "OPENAI_API_KEY": opts.openai_api_key,
+                "HEALTH_FILE": str(
+                    Path(os.environ.get("TMPDIR", "/tmp"))
+                    / f"voice-agent-worker-{os.getpid()}-{index}"
+                ),
+                "SQS_POLLERS": env.get("SQS_POLLERS", "4"),
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+        )
+        if opts.chunk_bytes:
+            env["AUDIO_CHUNK_BYTES"] = str(opts.chunk_bytes)
+        env.update(opts.worker_env)
+        return subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=str(REPO_ROOT))
