@@ -274,17 +274,27 @@ class ApiGatewayEmulator:
         open_now = list(self._connections.values())
         for conn in open_now:
             self._request_close(conn, CLOSE_GOING_AWAY, "Going away")
-        if open_now:
-            await asyncio.wait(
-                [asyncio.create_task(conn.finished.wait()) for conn in open_now],
-                timeout=self.limits.close_handshake_timeout_s + self.limits.integration_timeout_s,
-            )
+        await self._wait_finished(open_now, self.limits.close_handshake_timeout_s)
+        for conn in open_now:
+            if not conn.finished.is_set():
+                self._drop(conn)  # a client that does not answer the close is cut off
+        # Each $disconnect handler gets its integration timeout to finish.
+        await self._wait_finished(open_now, self.limits.integration_timeout_s)
         await self._runner.cleanup()
         self._runner = None
         if self._executor is not None:
             # A handler stuck past its timeout cannot be interrupted; do not wait for it.
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+    @staticmethod
+    async def _wait_finished(connections: list[_Connection], timeout: float) -> None:
+        waiters = [asyncio.create_task(c.finished.wait()) for c in connections]
+        if not waiters:
+            return
+        _, pending = await asyncio.wait(waiters, timeout=timeout)
+        for waiter in pending:
+            waiter.cancel()
 
     async def __aenter__(self) -> ApiGatewayEmulator:
         await self.start()
@@ -460,7 +470,7 @@ class ApiGatewayEmulator:
                 self._note_client_close(conn, msg.data, msg.extra)
                 return
             elif msg.type is WSMsgType.ERROR:
-                self._note_protocol_error(conn)
+                self._note_protocol_error(conn, getattr(msg.data, "code", None))
                 return
             else:  # CLOSING / CLOSED: the socket is done
                 self._note_closed(conn)
@@ -469,13 +479,14 @@ class ApiGatewayEmulator:
     def _note_client_close(self, conn: _Connection, code: Any, reason: Any) -> None:
         if not conn.closing:
             conn.closing = True
-            conn.disconnect_code = code if isinstance(code, int) and code else CLOSE_NO_STATUS
+            conn.disconnect_code = int(code) if isinstance(code, int) and code else CLOSE_NO_STATUS
             conn.disconnect_reason = reason if isinstance(reason, str) else ""
         self._connections.pop(conn.connection_id, None)
 
-    def _note_protocol_error(self, conn: _Connection) -> None:
-        # aiohttp has already sent the close frame (1009 for an oversized frame).
-        code = conn.ws.close_code or CLOSE_ABNORMAL
+    def _note_protocol_error(self, conn: _Connection, code: int | None) -> None:
+        # aiohttp has already sent the close frame with this code (1009: frame too big,
+        # 1007: text that is not UTF-8, 1002: broken framing).
+        code = int(code) if code else CLOSE_ABNORMAL
         if code == CLOSE_MESSAGE_TOO_BIG:
             self.counters.oversized_frames_rejected += 1
         if not conn.closing:
@@ -487,7 +498,7 @@ class ApiGatewayEmulator:
     def _note_closed(self, conn: _Connection) -> None:
         if not conn.closing:
             conn.closing = True
-            conn.disconnect_code = conn.ws.close_code or CLOSE_ABNORMAL
+            conn.disconnect_code = int(conn.ws.close_code or CLOSE_ABNORMAL)
         self._connections.pop(conn.connection_id, None)
 
     def _request_close(self, conn: _Connection, code: int, reason: str) -> None:
@@ -602,13 +613,20 @@ class ApiGatewayEmulator:
             if body is None:
                 break
             if self.concurrent_messages:
-                task = asyncio.create_task(self._handle_message(conn, body))
+                task = asyncio.create_task(self._handle_message_safely(conn, body))
                 running.add(task)
                 task.add_done_callback(running.discard)
             else:
-                await self._handle_message(conn, body)
+                await self._handle_message_safely(conn, body)
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+    async def _handle_message_safely(self, conn: _Connection, body: str) -> None:
+        """One bad message must not stop the dispatcher: later messages still get handled."""
+        try:
+            await self._handle_message(conn, body)
+        except Exception:
+            log.exception("emulator failed to route a message", extra=_ids(conn))
 
     async def _handle_message(self, conn: _Connection, body: str) -> None:
         route_key = select_route(body, self.routes)
@@ -872,7 +890,7 @@ def select_route(body: str, routes: Mapping[str, Any]) -> str | None:
     """
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         parsed = None
     action = parsed.get("action") if isinstance(parsed, dict) else None
     if isinstance(action, str) and action in routes and action not in _RESERVED_ROUTES:
