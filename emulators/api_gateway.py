@@ -130,7 +130,7 @@ class GatewayCounters:
 class LambdaContext:
     """The parts of the Lambda context object handlers use."""
 
-    def __init__(self, function_name: str, timeout_s: float, region: str, account_id: str):
+    def __init__(self, function_name: str, timeout_s: float, region: str, account_id: str) -> None:
         self.aws_request_id = str(uuid.uuid4())
         self.function_name = function_name
         self.function_version = "$LATEST"
@@ -430,7 +430,7 @@ class ApiGatewayEmulator:
         except _HandlerFailed as failure:
             return _json_response(failure.status, {"message": failure.message})
         status = _status_code(response)
-        if status is None or not 100 <= status <= 599:
+        if status is None or not 200 <= status <= 599:
             # Not documented; refused as a malformed proxy response so the bug shows locally.
             self.counters.handler_errors[CONNECT] += 1
             return _json_response(502, {"message": "Internal server error"})
@@ -523,38 +523,46 @@ class ApiGatewayEmulator:
         if transport is not None:
             transport.abort()
 
+    def _lose(self, conn: _Connection, reason: str) -> None:
+        """The connection cannot be written to any more: stop taking posts and cut it off."""
+        conn.closing = True
+        self._connections.pop(conn.connection_id, None)
+        conn.disconnect_reason = reason
+        self._drop(conn)
+
     async def _write(self, conn: _Connection) -> None:
         """The one task that writes to this client: posted frames in order, then the close."""
-        ws = conn.ws
         while True:
             item = await conn.outbound.get()
             if isinstance(item, _CloseRequest):
-                try:
-                    await asyncio.wait_for(
-                        ws.close(code=item.code, message=item.reason.encode()),
-                        self.limits.close_handshake_timeout_s,
-                    )
-                except (TimeoutError, ConnectionError):
-                    self._drop(conn)
+                await self._write_close(conn, item)
                 return
             try:
-                if isinstance(item, str):
-                    await asyncio.wait_for(ws.send_str(item), self.limits.stalled_send_timeout_s)
-                else:
-                    await asyncio.wait_for(ws.send_bytes(item), self.limits.stalled_send_timeout_s)
+                await asyncio.wait_for(
+                    _send_frame(conn.ws, item), self.limits.stalled_send_timeout_s
+                )
             except TimeoutError:
                 # Not documented for API Gateway: a client that reads nothing for this long
                 # is treated as gone, so its buffers cannot grow without bound.
                 self.counters.stalled_clients_dropped += 1
                 log.warning("client stopped reading; dropped", extra=_ids(conn))
-                conn.closing = True
-                self._connections.pop(conn.connection_id, None)
-                conn.disconnect_reason = "Client stopped reading"
-                self._drop(conn)
+                self._lose(conn, "Client stopped reading")
                 return
-            except ConnectionError:
+            except Exception as exc:
+                # The socket is going away under us; the reader sees the end and finishes.
+                log.debug("send failed", extra={**_ids(conn), "error": type(exc).__name__})
+                self._lose(conn, "")
                 return
             conn.touch()
+
+    async def _write_close(self, conn: _Connection, close: _CloseRequest) -> None:
+        try:
+            await asyncio.wait_for(
+                conn.ws.close(code=close.code, message=close.reason.encode()),
+                self.limits.close_handshake_timeout_s,
+            )
+        except Exception:
+            self._drop(conn)
 
     async def _watch_timeouts(self, conn: _Connection) -> None:
         """Close idle connections and connections past the maximum duration."""
@@ -660,7 +668,6 @@ class ApiGatewayEmulator:
 
     async def _invoke(self, handler: LambdaHandler, event: dict[str, Any], route: str) -> Any:
         """Run a blocking handler on the pool, bounded by the integration timeout."""
-        assert self._executor is not None
         self.counters.invocations[route] += 1
         context = LambdaContext(
             function_name=f"local-{route.lstrip('$')}",
@@ -669,8 +676,10 @@ class ApiGatewayEmulator:
             account_id=self.account_id,
         )
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor, handler, event, context)
         try:
+            if self._executor is None:
+                raise RuntimeError("the emulator has stopped")
+            future = loop.run_in_executor(self._executor, handler, event, context)
             return await asyncio.wait_for(future, self.limits.integration_timeout_s)
         except TimeoutError:
             self.counters.handler_errors[route] += 1
@@ -714,12 +723,8 @@ class ApiGatewayEmulator:
         return _aws_error(403, "ForbiddenException", "Missing Authentication Token")
 
     async def _post_to_connection(self, request: web.Request, connection_id: str) -> web.Response:
-        declared = request.content_length
-        if declared is not None and declared > MAX_POST_BYTES:
-            self.counters.posts_too_large += 1
-            return _aws_error(413, "PayloadTooLargeException", "Message too long")
-        data = await request.content.read(MAX_POST_BYTES + 1)
-        if len(data) > MAX_POST_BYTES:
+        data = await _read_body(request, MAX_POST_BYTES)
+        if data is None:
             self.counters.posts_too_large += 1
             return _aws_error(413, "PayloadTooLargeException", "Message too long")
         conn = self._connections.get(connection_id)
@@ -1020,6 +1025,28 @@ def _status_code(response: Any) -> int | None:
     if isinstance(status, bool) or not isinstance(status, int):
         return None
     return status
+
+
+async def _send_frame(ws: web.WebSocketResponse, frame: str | bytes) -> None:
+    if isinstance(frame, str):
+        await ws.send_str(frame)
+    else:
+        await ws.send_bytes(frame)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it proves longer than ``limit``."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _as_frame(data: bytes) -> str | bytes:

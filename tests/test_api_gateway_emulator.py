@@ -719,6 +719,24 @@ async def test_unsigned_connections_request_is_forbidden() -> None:
             assert r.headers["x-amzn-ErrorType"] == "ForbiddenException"
 
 
+@pytest.mark.parametrize(("pieces", "status"), [(40, 200), (140, 413)])
+@async_test
+async def test_a_chunked_post_body_is_read_whole_and_bounded(pieces: int, status: int) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(pieces):  # 1 KB at a time, with pauses, without a Content-Length
+            yield b"k" * 1024
+            await asyncio.sleep(0)
+
+    async with running(Recorder()) as gw, aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(gw.ws_url, max_msg_size=1 << 20)
+        url = f"{gw.connections_endpoint_url}/@connections/{gw.connection_ids()[0]}"
+        signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=local/any"}
+        async with http.post(url, data=body(), headers=signed) as response:
+            assert response.status == status
+        if status == 200:
+            assert await ws.receive_str() == "k" * 1024 * pieces
+
+
 @async_test
 async def test_a_client_that_stops_reading_does_not_hold_up_posts_to_others() -> None:
     """Frames for a stuck client queue up to ``send_queue_frames``; then its POSTs get 429
