@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
+import random
 import re
 import socket
 import threading
@@ -182,6 +184,28 @@ class RawClient:
             header = bytes([0x80 | opcode, 0x80 | 127]) + size.to_bytes(8, "big")
         masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
         await asyncio.get_running_loop().sock_sendall(self.sock, header + mask + masked)
+
+    async def send_raw(self, data: bytes) -> None:
+        await asyncio.get_running_loop().sock_sendall(self.sock, data)
+
+    async def read_frame(self) -> tuple[int, bytes]:
+        """The next frame from the server (unmasked): its opcode and payload."""
+        head = await self._read_exactly(2)
+        size = head[1] & 0x7F
+        if size == 126:
+            size = int.from_bytes(await self._read_exactly(2), "big")
+        elif size == 127:
+            size = int.from_bytes(await self._read_exactly(8), "big")
+        return head[0] & 0x0F, await self._read_exactly(size)
+
+    async def _read_exactly(self, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            chunk = await asyncio.get_running_loop().sock_recv(self.sock, count - len(data))
+            if not chunk:
+                raise ConnectionError("closed by the server")
+            data += chunk
+        return data
 
     async def send_text(self, text: str) -> None:
         await self.send(0x1, text.encode())
@@ -611,6 +635,48 @@ async def test_frames_after_the_clients_close_frame_are_ignored() -> None:
 
 
 @async_test
+async def test_text_that_is_not_utf8_closes_with_1007_and_pings_are_answered() -> None:
+    rec = Recorder()
+    async with running(rec) as gw:
+        raw = await RawClient.connect(gw.ws_url)
+        await raw.send(0x9, b"are you there")  # ping: answered, not a message
+        assert await raw.read_frame() == (0xA, b"are you there")
+        await raw.send(0x1, b"\xff\xfe")
+        opcode, payload = await raw.read_frame()
+        assert (opcode, int.from_bytes(payload[:2], "big")) == (0x8, 1007)
+        await wait_until(lambda: len(rec.of("$disconnect")) == 1)
+        raw.close()
+    assert rec.of("$default") == []
+    assert rec.of("$disconnect")[0]["requestContext"]["disconnectStatusCode"] == 1007
+
+
+@async_test
+async def test_garbage_on_the_wire_never_disturbs_the_gateway(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Random bytes after the handshake (broken headers, reserved opcodes, bad lengths,
+    unmasked frames): each such connection ends, gets its $disconnect, and a well-behaved
+    client is served as usual. Seeded, so a failure replays."""
+    rng = random.Random(20240611)
+    rec = Recorder()
+    async with running(rec) as gw, aiohttp.ClientSession() as http:
+        for _ in range(40):
+            raw = await RawClient.connect(gw.ws_url)
+            await raw.send_raw(rng.randbytes(rng.randint(1, 300)))
+            await asyncio.sleep(0.005)
+            raw.close()
+        await wait_until(lambda: len(rec.of("$disconnect")) == 40)
+        ws = await http.ws_connect(gw.ws_url)
+        await ws.send_str("still fine")
+        await wait_until(lambda: any(e["body"] == "still fine" for e in rec.of("$default")))
+        await ws.close()
+        await wait_until(lambda: gw.open_connections == 0)
+    assert gw.counters.connections_opened == gw.counters.connections_closed == 41
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
+@async_test
 async def test_concurrent_messages_mode_handles_messages_side_by_side() -> None:
     # The first message waits for the second: ordered handling would never finish it.
     rec, second_seen = Recorder(), threading.Event()
@@ -699,7 +765,7 @@ async def test_many_posts_arrive_in_order() -> None:
         ws = await http.ws_connect(gw.ws_url)
         (cid,) = gw.connection_ids()
         client = management_client(gw)
-        count = 300
+        count = 200
 
         def post_all() -> None:
             for i in range(count):
@@ -751,21 +817,26 @@ async def test_a_client_that_stops_reading_does_not_hold_up_posts_to_others() ->
         client = management_client(gw)
         frame = b"z" * 16_000
 
+        slowest_post = 0.0
+
         def post_until_throttled() -> list[str]:
+            nonlocal slowest_post
             outcomes = []
             for _ in range(2000):
+                started = time.monotonic()
                 try:
                     client.post_to_connection(ConnectionId=stuck_id, Data=frame)
                     outcomes.append("ok")
                 except client.exceptions.LimitExceededException:
                     outcomes.append("throttled")
                     return outcomes
+                finally:
+                    slowest_post = max(slowest_post, time.monotonic() - started)
             return outcomes
 
-        started = time.monotonic()
         outcomes = await asyncio.to_thread(post_until_throttled)
         assert outcomes[-1] == "throttled", outcomes
-        assert time.monotonic() - started < 1.0  # throttled at once, never blocked
+        assert slowest_post < 0.5  # answered at once, never waiting on the stuck client
 
         await asyncio.to_thread(client.post_to_connection, ConnectionId=healthy_id, Data=b"hi")
         assert await healthy.receive_str() == "hi"
@@ -787,16 +858,16 @@ async def test_a_client_that_stops_reading_does_not_hold_up_posts_to_others() ->
 @async_test
 async def test_idle_connection_is_closed_after_the_idle_timeout() -> None:
     rec = Recorder()
-    limits = GatewayLimits(idle_timeout_s=0.3)
+    limits = GatewayLimits(idle_timeout_s=0.2)
     async with running(rec, limits=limits) as gw, aiohttp.ClientSession() as http:
         ws = await http.ws_connect(gw.ws_url)
-        for _ in range(5):  # activity keeps it open past the timeout
-            await asyncio.sleep(0.1)
+        for _ in range(4):  # activity keeps it open past the timeout
+            await asyncio.sleep(0.08)
             await ws.send_str("tick")
         assert not ws.closed
         started = time.monotonic()
         assert await close_code(ws) == 1001
-        assert 0.2 < time.monotonic() - started < 1.0
+        assert 0.1 < time.monotonic() - started < 1.0
         await wait_until(lambda: len(rec.of("$disconnect")) == 1)
     ctx = rec.of("$disconnect")[0]["requestContext"]
     assert (ctx["disconnectStatusCode"], ctx["disconnectReason"]) == (1001, "Going away")
