@@ -2,6 +2,7 @@
 
 - ``voice-agent local [--port N]``: the local stack (no AWS account, no internet).
 - ``voice-agent call URL --wav in.wav --out reply.wav``: a command-line caller and smoke test.
+- ``voice-agent cost --stack NAME``: dollars per call-minute of a stack, itemised.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
+from voice_agent import cost
 from wire import realtime as rt
 
 
@@ -65,7 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="seconds to wait for the replies after the WAV ends",
     )
 
+    cost.add_arguments(commands.add_parser("cost", help="dollars per call-minute of a stack"))
+
     args = parser.parse_args(argv)
+    if args.command == "cost":
+        return cost.run(args)
     if args.command == "local":
         return _run_local(args)
     return _run_call(args)
