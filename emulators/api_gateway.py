@@ -262,7 +262,8 @@ class ApiGatewayEmulator:
         site = web.TCPSite(self._runner, host, port)
         await site.start()
         sockets = self._runner.addresses
-        self._host = host
+        # Listening on every interface: URLs still name one a client can reach.
+        self._host = "127.0.0.1" if host in ("", "0.0.0.0") else host
         self._port = int(sockets[0][1])
         log.info("api gateway emulator listening", extra={"ws_url": self.ws_url})
         return self._port

@@ -384,6 +384,18 @@ async def test_any_2xx_from_connect_accepts() -> None:
 
 
 @async_test
+async def test_urls_name_a_reachable_host_when_listening_on_every_interface() -> None:
+    gw = ApiGatewayEmulator({})
+    port = await gw.start(host="0.0.0.0")
+    try:
+        assert gw.ws_url == f"ws://127.0.0.1:{port}/local"
+        assert gw.connections_endpoint_url == f"http://127.0.0.1:{port}/local"
+        assert gw.page_url == f"http://127.0.0.1:{port}/"
+    finally:
+        await gw.stop()
+
+
+@async_test
 async def test_plain_http_request_to_the_stage_is_not_upgraded() -> None:
     async with running(Recorder()) as gw, aiohttp.ClientSession() as http:
         async with http.get(gw.connections_endpoint_url) as response:
