@@ -342,7 +342,9 @@ class ApiGatewayEmulator:
             # API Gateway does not negotiate permessage-deflate; the 32 KB limit is on the
             # bytes of the frame as sent.
             compress=False,
-            # aiohttp refuses a message whose size is >= max_msg_size, with close 1009.
+            # aiohttp refuses a message whose size is >= max_msg_size, with close 1009. It
+            # limits whole messages, so a message fragmented into frames of <= 32 KB is
+            # refused too, where API Gateway takes up to 128 KB; browsers never fragment.
             max_msg_size=MAX_FRAME_BYTES + 1,
             timeout=self.limits.close_handshake_timeout_s,
         )
