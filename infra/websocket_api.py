@@ -1,0 +1,169 @@
+"""The public WebSocket API: three routes, each an AWS_PROXY integration to its own function."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pulumi_aws as aws
+
+from infra import iam
+from infra.aws_context import AwsContext
+from infra.config import StackConfig
+from infra.functions import HandlerFunctions
+from infra.log_groups import log_group
+
+STAGE_NAME = "live"
+# Clients send {"action": ...}; anything without a matching route goes to $default.
+ROUTE_SELECTION_EXPRESSION = "$request.body.action"
+# Execution logs at ERROR only: at INFO API Gateway writes several lines for every message,
+# and a call sends ten audio messages a second. Access logs (below) already give one line per
+# message. Data tracing (full message bodies, i.e. callers' audio) is never on.
+EXECUTION_LOGGING_LEVEL = "ERROR"
+# One JSON line per message: ids, route, status and latency; API Gateway's access log
+# variables carry no message body.
+ACCESS_LOG_FORMAT = {
+    "requestId": "$context.requestId",
+    "connectionId": "$context.connectionId",
+    "eventType": "$context.eventType",
+    "routeKey": "$context.routeKey",
+    "status": "$context.status",
+    "integrationStatus": "$context.integration.status",
+    "integrationLatencyMs": "$context.integration.latency",
+    "error": "$context.error.message",
+    "integrationError": "$context.integration.error",
+    "requestTimeEpochMs": "$context.requestTimeEpoch",
+    "sourceIp": "$context.identity.sourceIp",
+}
+API_GATEWAY_LOGS_MANAGED_POLICY = "service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+
+
+class WebSocketApi(pulumi.ComponentResource):
+    """API Gateway v2 WebSocket API, its routes and integrations, and one logged stage."""
+
+    api_id: pulumi.Output[str]
+    execution_arn: pulumi.Output[str]
+    stage_name: pulumi.Output[str]
+    wss_url: pulumi.Output[str]
+    connections_url: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        config: StackConfig,
+        ctx: AwsContext,
+        functions: HandlerFunctions,
+        logs_key_arn: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("voice-agent:api:WebSocketApi", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        api = aws.apigatewayv2.Api(
+            f"{name}-api",
+            name=config.name_prefix,
+            description="voice-agent: browser <-> voice agent audio",
+            protocol_type="WEBSOCKET",
+            route_selection_expression=ROUTE_SELECTION_EXPRESSION,
+            opts=child,
+        )
+        routes = []
+        for route_key, function in functions.by_route.items():
+            slug = function.spec.short_name
+            integration = aws.apigatewayv2.Integration(
+                f"{name}-{slug}",
+                api_id=api.id,
+                integration_type="AWS_PROXY",
+                integration_method="POST",  # Lambda is always invoked with POST
+                integration_uri=function.invoke_arn,
+                opts=child,
+            )
+            routes.append(
+                aws.apigatewayv2.Route(
+                    f"{name}-{slug}",
+                    api_id=api.id,
+                    route_key=route_key,
+                    target=pulumi.Output.concat("integrations/", integration.id),
+                    opts=child,
+                )
+            )
+            aws.lambda_.Permission(
+                f"{name}-{slug}-invoke",
+                action="lambda:InvokeFunction",
+                function=function.name,
+                qualifier=function.qualifier,
+                principal="apigateway.amazonaws.com",
+                # Only this API's stage, on this route, may invoke the function.
+                source_arn=pulumi.Output.concat(api.execution_arn, "/", STAGE_NAME, "/", route_key),
+                opts=child,
+            )
+
+        stage_depends: list[pulumi.Resource] = list(routes)
+        if config.manage_api_gateway_account:
+            stage_depends.append(self._account_logging_role(name, ctx, child))
+
+        access_logs = log_group(
+            f"{name}-access-logs",
+            log_group_name=f"/aws/apigateway/{config.name_prefix}/access",
+            config=config,
+            kms_key_arn=logs_key_arn,
+            opts=child,
+        )
+        stage = aws.apigatewayv2.Stage(
+            f"{name}-stage",
+            api_id=api.id,
+            name=STAGE_NAME,
+            # Every change to routes or integrations goes live without a deployment resource.
+            auto_deploy=True,
+            default_route_settings=aws.apigatewayv2.StageDefaultRouteSettingsArgs(
+                throttling_rate_limit=config.api_throttle_rate_limit,
+                throttling_burst_limit=config.api_throttle_burst_limit,
+                logging_level=EXECUTION_LOGGING_LEVEL,
+                data_trace_enabled=False,
+                detailed_metrics_enabled=False,
+            ),
+            access_log_settings=aws.apigatewayv2.StageAccessLogSettingsArgs(
+                destination_arn=access_logs.arn,
+                format=json.dumps(ACCESS_LOG_FORMAT, separators=(",", ":")),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=stage_depends),
+        )
+
+        host = pulumi.Output.concat(api.id, ".execute-api.", ctx.region, ".", ctx.dns_suffix)
+        self.api_id = api.id
+        self.execution_arn = api.execution_arn
+        self.stage_name = stage.name
+        self.wss_url = pulumi.Output.concat("wss://", host, "/", stage.name)
+        self.connections_url = pulumi.Output.concat("https://", host, "/", stage.name)
+        self.register_outputs({"wss_url": self.wss_url, "connections_url": self.connections_url})
+
+    @staticmethod
+    def _account_logging_role(
+        name: str, ctx: AwsContext, opts: pulumi.ResourceOptions
+    ) -> aws.apigateway.Account:
+        """API Gateway writes stage logs with one role per account and region.
+
+        Stage logging is refused until that role is set. The role gets AWS's managed policy
+        (not one of ours) because it serves every API in the region, not only this one.
+        """
+        role = aws.iam.Role(
+            f"{name}-cloudwatch-role",
+            description="API Gateway: write execution and access logs (account setting)",
+            assume_role_policy=iam.service_trust_policy("apigateway.amazonaws.com"),
+            opts=opts,
+        )
+        attachment = aws.iam.RolePolicyAttachment(
+            f"{name}-cloudwatch-role",
+            role=role.name,
+            policy_arn=pulumi.Output.concat(
+                "arn:", ctx.partition, ":iam::aws:policy/", API_GATEWAY_LOGS_MANAGED_POLICY
+            ),
+            opts=opts,
+        )
+        return aws.apigateway.Account(
+            f"{name}-account",
+            cloudwatch_role_arn=role.arn,
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(depends_on=[attachment])
+            ),
+        )

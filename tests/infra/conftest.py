@@ -1,0 +1,123 @@
+"""Renders of the Pulumi program under mocks, shared by the infra tests.
+
+Each stack renders once per session, in its own interpreter (``mock_stack.py``), all in
+parallel: dev (with an OpenAI key set as a secret), prod (no key), and dev with hipaa=true.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.infra.mock_stack import render_stacks, stack_file_config
+
+OPENAI_TEST_KEY = "sk-test-not-a-real-key-123"
+
+
+@dataclass
+class Resource:
+    type: str
+    name: str
+    id: str
+    provider: str | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+
+
+class Graph:
+    """The resources one render registered, with small lookups for assertions."""
+
+    def __init__(self, render: dict[str, Any]) -> None:
+        if "error" in render:
+            raise AssertionError(f"render failed: {render['error']}")
+        self.resources = [Resource(**r) for r in render["resources"]]
+        self.outputs: dict[str, Any] = render["outputs"]
+
+    def of_type(self, type_: str) -> list[Resource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def one(self, type_: str) -> Resource:
+        found = self.of_type(type_)
+        assert len(found) == 1, f"expected one {type_}, found {[r.name for r in found]}"
+        return found[0]
+
+    def named(self, name: str) -> Resource:
+        found = [r for r in self.resources if r.name == name]
+        assert len(found) == 1, f"expected one resource named {name}, found {len(found)}"
+        return found[0]
+
+    def by_id(self, rid: str) -> Resource:
+        found = [r for r in self.resources if r.id == rid]
+        assert len(found) == 1, f"expected one resource with id {rid}"
+        return found[0]
+
+    def by_output(self, key: str, value: Any) -> Resource:
+        found = [r for r in self.resources if r.outputs.get(key) == value]
+        assert len(found) == 1, f"expected one resource with {key}={value!r}, found {len(found)}"
+        return found[0]
+
+    def counts(self) -> Counter[str]:
+        """Resources by type, the Pulumi provider and our components left out."""
+        return Counter(
+            r.type for r in self.resources
+            if not r.type.startswith(("pulumi:", "voice-agent:"))
+        )  # fmt: skip
+
+    def aws(self) -> Iterator[Resource]:
+        return (r for r in self.resources if r.type.startswith("aws:"))
+
+    def text(self) -> str:
+        return json.dumps([r.inputs for r in self.resources], default=str)
+
+
+def dev_config(**overrides: str) -> dict[str, str]:
+    return {**stack_file_config("dev"), **overrides}
+
+
+@pytest.fixture(scope="session")
+def renders() -> dict[str, dict[str, Any]]:
+    """Raw renders; ``bad_model`` is expected to fail with a config error."""
+    return render_stacks(
+        {
+            "dev": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}),
+                    ["voice-agent:openaiApiKey"]),
+            "prod": ("prod", stack_file_config("prod"), []),
+            "dev_hipaa": ("dev", dev_config(**{"voice-agent:hipaa": "true"}), []),
+            "bad_model": ("dev", dev_config(**{"voice-agent:model": "gpt-4o-realtime"}), []),
+        }
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def stacks(renders: dict[str, dict[str, Any]]) -> dict[str, Graph]:
+    return {name: Graph(renders[name]) for name in ("dev", "prod", "dev_hipaa")}
+
+
+@pytest.fixture(scope="session")
+def dev(stacks: dict[str, Graph]) -> Graph:
+    return stacks["dev"]
+
+
+@pytest.fixture(scope="session")
+def prod(stacks: dict[str, Graph]) -> Graph:
+    return stacks["prod"]
+
+
+@pytest.fixture(scope="session")
+def dev_hipaa(stacks: dict[str, Graph]) -> Graph:
+    return stacks["dev_hipaa"]
+
+
+@pytest.fixture(scope="session", params=["dev", "prod", "dev_hipaa"])
+def any_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
+    return stacks[request.param]
+
+
+@pytest.fixture(scope="session", params=["prod", "dev_hipaa"])
+def hipaa_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
+    return stacks[request.param]
