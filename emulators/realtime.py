@@ -896,9 +896,13 @@ class RealtimeServerSession:
         self._stream_bytes += len(pcm)
         self.record.input_audio_bytes += len(pcm)
         self._kept += pcm
+        # The detector sees every byte, even with turn detection off, so its frame grid
+        # stays on absolute stream positions if the session turns VAD back on.
+        boundaries = self._detector.feed(pcm)
         if self._turn_detection() is None:
+            self._detector.abandon_turn()
             return  # manual turns: everything is kept until commit or clear
-        for boundary in self._detector.feed(pcm):
+        for boundary in boundaries:
             if isinstance(boundary, SpeechStart):
                 self._on_speech_start(boundary)
             else:
@@ -911,7 +915,11 @@ class RealtimeServerSession:
 
     def _forget_audio_before(self, position: int | None) -> None:
         # Between turns nothing needs keeping: memory stays flat however long the silence.
-        if position is None or position <= self._kept_from:
+        # A frame not yet classified stays whole: it may turn out to be a turn's onset.
+        if position is None:
+            return
+        position = min(position, self._detector.classified_bytes)
+        if position <= self._kept_from:
             return
         del self._kept[: position - self._kept_from]
         self._kept_from = position

@@ -358,6 +358,50 @@ def test_core_keeps_no_audio_between_turns() -> None:
     assert len(core._kept) < FRAME_BYTES  # only a partial frame waits
 
 
+def core_send(core: RealtimeServerSession, event: dict[str, Any]) -> list[dict[str, Any]]:
+    core.receive_text(orjson.dumps(event).decode())
+    return core.events_to_send()
+
+
+def manual_turns() -> dict[str, Any]:
+    update = rt.session_update(rt.SessionConfig())
+    update["session"]["audio"]["input"]["turn_detection"] = None
+    return update
+
+
+def test_core_frames_stay_absolute_when_vad_is_switched_off_and_on() -> None:
+    core = core_session()
+    core_send(core, manual_turns())
+    odd_start = hiss(333)  # not a whole number of frames
+    core_append(core, odd_start)
+    core_send(core, {"type": rt.INPUT_AUDIO_CLEAR})
+    core_send(core, rt.session_update(rt.SessionConfig()))
+    spoken = utterance(("tone", 400), ("gap", 600))
+    core_append(core, spoken)
+    response_id = core.streaming_response_id
+    assert response_id is not None
+    reply = audio_of(drain_response(core, response_id))
+    assert reply == expected_replies(odd_start + spoken)[0]
+    assert (core.record.turns[0].start_byte, core.record.turns[0].end_byte) == speech_spans(
+        odd_start + spoken
+    )[0]
+
+
+def test_core_manual_commit_echoes_the_committed_buffer() -> None:
+    core = core_session()
+    core_send(core, manual_turns())
+    spoken = tone(250)
+    core_append(core, spoken)
+    committed = core_send(core, {"type": rt.INPUT_AUDIO_COMMIT})
+    assert types_of(committed)[:3] == [rt.COMMITTED, rt.ITEM_ADDED, rt.ITEM_DONE]
+    assert committed[-1]["transcript"] == user_transcript(len(spoken))  # transcription is on
+    assert core.streaming_response_id is None  # no turn detection: the client asks
+    core_send(core, rt.response_create())
+    response_id = core.streaming_response_id
+    assert response_id is not None
+    assert audio_of(drain_response(core, response_id)) == spoken
+
+
 # -- a whole turn over the socket -------------------------------------------------------
 
 
