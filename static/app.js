@@ -167,8 +167,7 @@ ui.mute.addEventListener("click", () => {
 ui.textForm.addEventListener("submit", (event) => {
   event.preventDefault();
   const text = ui.text.value.trim();
-  if (!text || !call) return;
-  call.sendText(text);
+  if (!text || !call?.sendText(text)) return;
   showTranscript("user", text, true, `typed-${Date.now()}`);
   ui.text.value = "";
 });
@@ -178,4 +177,9 @@ ui.token.value = settings.token;
 view.onState("idle", settings.wsUrl
   ? "Not connected. Press Connect to start a call."
   : "Not connected. Enter the WebSocket URL and press Connect.");
+if (!window.isSecureContext) {
+  // Browsers offer neither the microphone nor AudioWorklet to plain-HTTP pages off localhost.
+  showError("insecure_page", "Open this page over HTTPS (or from localhost) for the microphone.");
+  ui.connect.disabled = true;
+}
 installTestHook(() => call);

@@ -16,6 +16,11 @@ const CLOSE_REASONS = {
   1011: "server error",
 };
 
+// getUserMedia's failures: the microphone is refused, missing or busy.
+const MICROPHONE_ERRORS = new Set([
+  "NotAllowedError", "NotFoundError", "NotReadableError", "OverconstrainedError", "SecurityError",
+]);
+
 export class VoiceCall {
   /**
    * `settings`: {url, frameMs, processing, sampleRate?, tap}. `view` receives
@@ -71,8 +76,9 @@ export class VoiceCall {
       this.goLiveIfReady();
     } catch (error) {
       if (this.state === "idle") return; // already ended (e.g. the socket was refused)
-      this.view.onError(error.name === "NotAllowedError" ? "microphone" : "setup", error.message);
-      this.end(`could not start: ${error.message}`);
+      const code = MICROPHONE_ERRORS.has(error.name) ? "microphone" : "setup";
+      this.view.onError(code, `${error.name}: ${error.message}`);
+      this.end(`could not start (${code})`);
     }
   }
 
@@ -90,7 +96,8 @@ export class VoiceCall {
   }
 
   goLiveIfReady() {
-    if (this.state === "connecting" && this.microphone && this.socket.readyState === WebSocket.OPEN) {
+    const socketOpen = this.socket?.readyState === WebSocket.OPEN;
+    if (this.state === "connecting" && this.microphone && socketOpen) {
       this.setState("live", "Connected. Waiting for the agent…");
       if (this.readyEvent) this.view.onReady(this.readyEvent);
     }
@@ -116,8 +123,11 @@ export class VoiceCall {
     this.microphone?.setMuted(muted);
   }
 
+  /** Sends a typed message; false if the call is not connected. */
   sendText(text) {
-    if (this.send(textAction(text))) this.counters.textsSent++;
+    const sent = this.send(textAction(text));
+    if (sent) this.counters.textsSent++;
+    return sent;
   }
 
   send(message) {

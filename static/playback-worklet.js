@@ -57,7 +57,8 @@ class PlaybackProcessor extends AudioWorkletProcessor {
   finishHead() {
     const head = this.queue.shift();
     this.position -= head.samples.length;
-    this.playedByItem.set(head.itemId, (this.playedByItem.get(head.itemId) || 0) + head.samples.length);
+    const played = (this.playedByItem.get(head.itemId) || 0) + head.samples.length;
+    this.playedByItem.set(head.itemId, played);
     if (this.playedByItem.size > REMEMBERED_ITEMS) {
       this.playedByItem.delete(this.playedByItem.keys().next().value);
     }

@@ -55,6 +55,7 @@ export class Speaker {
   close() {
     this.node.port.onmessage = null;
     this.node.disconnect();
-    for (const resolve of this.pendingFlushes.values()) resolve({ playedSamples: 0, playedMs: 0, atFrame: -1 });
+    const nothing = { playedSamples: 0, playedMs: 0, atFrame: -1 };
+    for (const resolve of this.pendingFlushes.values()) resolve(nothing);
   }
 }

@@ -111,15 +111,20 @@ def open_page(
 ) -> Iterator[Callable[..., VoicePage]]:
     """Opens the page with ``?ws=`` and test settings; keyword arguments add query parameters.
 
-    Defaults for waveform tests: audio processing off and the playback tap on. Fails the test
-    if the page threw an uncaught error.
+    Defaults for waveform tests: audio processing off and the playback tap on. ``init_script``
+    runs before the page's scripts. Fails the test if the page threw an uncaught error.
     """
     opened: list[VoicePage] = []
 
-    def open_(path: str = "", **query: str | int | None) -> VoicePage:
+    def open_(
+        path: str = "", init_script: str | None = None, **query: str | int | None
+    ) -> VoicePage:
         params = {"ws": ws_url, "processing": "off", "test_tap": 1, **query}
         url = f"{page_url}{path}?{urlencode({k: v for k, v in params.items() if v is not None})}"
-        voice_page = VoicePage(browser_context.new_page(), url)
+        page = browser_context.new_page()
+        if init_script:
+            page.add_init_script(init_script)  # runs before the page's own scripts
+        voice_page = VoicePage(page, url)
         opened.append(voice_page)
         return voice_page.load()
 

@@ -85,6 +85,18 @@ def test_a_refused_connection_and_a_wrong_url_are_explained(open_page: OpenPage)
     assert wrong.foreign_requests(wrong.url) == []
 
 
+def test_a_refused_microphone_is_explained(open_page: OpenPage) -> None:
+    page = open_page(
+        init_script="""navigator.mediaDevices.getUserMedia = () =>
+            Promise.reject(new DOMException("Permission denied", "NotAllowedError"));"""
+    )
+    page.page.click("#connect")
+    page.page.wait_for_selector("#errors li")
+    page.wait_for_state("idle")
+    assert page.text("#errors li") == "microphone NotAllowedError: Permission denied"
+    assert page.text("#status") == "Call ended: could not start (microphone)."
+
+
 def test_controls_connect_mute_type_and_hang_up(
     open_page: OpenPage, voice_server: FakeVoiceServer, fake_microphone: MicrophoneSignal
 ) -> None:
