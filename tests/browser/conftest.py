@@ -17,7 +17,7 @@ from playwright.sync_api import BrowserContext, sync_playwright
 
 from tests.browser.audio_analysis import MicrophoneSignal, write_wav
 from tests.browser.fake_server import FakeVoiceServer, PageConnection
-from tests.browser.voice_page import VoicePage
+from tests.browser.voice_page import StartCall, VoicePage
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's; a browser is never downloaded
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -133,9 +133,6 @@ def open_page(
         voice_page.page.close()
     for voice_page in opened:
         assert not voice_page.page_errors, f"the page threw: {voice_page.page_errors}"
-
-
-StartCall = Callable[..., tuple[VoicePage, PageConnection]]
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """The page's audio in headless Chromium: microphone to uplink frames, downlink to playback,
-barge-in, and the latency readout. The fake microphone plays a 1 kHz tone burst."""
+barge-in, and the latency readout. The fake microphone plays a 1 kHz tone, then a 15 kHz one."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from tests.browser.audio_analysis import (
     worst_tone_purity,
     zero_crossing_frequency,
 )
-from tests.browser.conftest import StartCall
 from tests.browser.fake_server import agent_audio, wait_until
+from tests.browser.voice_page import StartCall
 from wire.audio import BYTES_PER_MS, SAMPLE_RATE_HZ
 from wire.client import (
     MAX_UPLINK_PCM_BYTES,
@@ -150,8 +150,8 @@ def test_speech_started_silences_playback_at_once_and_reports_what_was_played(
     assert 500 <= interrupt.played_ms <= 1_500
     # played_ms is what the playback node actually output for that item.
     assert (last + 1 - first) * 1000 / rate == pytest.approx(interrupt.played_ms, abs=3)
-    # Silent from the flush on; the flush came within a render quantum of the event.
-    assert flush["itemId"] == "item_b" and flush["delayMs"] < 50
+    # The flush came promptly; the node sounded up to its last render quantum and not after.
+    assert flush["itemId"] == "item_b" and flush["delayMs"] < 100
     assert flush["atFrame"] - 128 - 8 <= last < flush["atFrame"]
     assert not any(played[flush["atFrame"] :])
     assert snapshot["counters"]["staleAudioDropped"] == 3
@@ -198,8 +198,9 @@ def test_latency_runs_from_the_end_of_speech_to_the_first_agent_audio(
     connection.send(*agent_audio("item_d", 0.2))
     page.page.wait_for_function("() => __voiceAgentTest.snapshot().latenciesMs.length === 1")
 
-    # At least the 500 ms of silence and the 200 ms pause; little more on one machine.
+    # At least the 500 ms of silence and the 200 ms pause, and not much more on one machine;
+    # timed from the speech_stopped event instead, it would read about 200 ms.
     latency = page.snapshot()["latenciesMs"][0]
-    assert 690 <= latency <= 900
+    assert 690 <= latency <= 1_000
     assert page.text("#latency") == f"{round(latency)} ms"
     assert page.text("#latency-detail") == f"Median {round(latency)} ms over 1 turn."

@@ -6,9 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.browser.audio_analysis import MicrophoneSignal, active_span, pcm16_to_floats
-from tests.browser.conftest import StartCall
 from tests.browser.fake_server import SUBPATH, FakeVoiceServer, agent_audio, wait_until
-from tests.browser.voice_page import VoicePage
+from tests.browser.voice_page import StartCall, VoicePage
 from wire.audio import SAMPLE_RATE_HZ
 from wire.client import (
     TextIn,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from playwright.sync_api import Page
 
 from tests.browser.audio_analysis import float32_le
+from tests.browser.fake_server import PageConnection
 
 
 class VoicePage:
@@ -65,6 +67,10 @@ class VoicePage:
             for u in self.requested_urls
             if not u.startswith("data:") and _origin(u) not in allowed
         ]
+
+
+# The ``start_call`` fixture: opens the page, presses Connect, returns both ends of the call.
+StartCall = Callable[..., tuple["VoicePage", PageConnection]]
 
 
 def _origin(url: str) -> str:
