@@ -44,7 +44,7 @@ def agent_audio(item_id: str, seconds: float, chunk_bytes: int = 4_800) -> list[
     return [audio_event(pcm[i : i + chunk_bytes], item_id) for i in range(0, len(pcm), chunk_bytes)]
 
 
-def wait_until(condition: Callable[[], T], timeout: float, what: str) -> T:
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
     """Polls ``condition`` until it returns something truthy; fails the test naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:
