@@ -16,25 +16,37 @@ and a thin asyncio layer, ``RealtimeEmulator``, that owns sockets, pacing and fa
 injection. ``speech_spans`` is the same VAD as a pure function, so any test can compute
 the expected replies for an input.
 
-Behaviour taken from the GA API as observed (live captures and error bodies quoted in
-public code), not guessed:
+Behaviour confirmed against the GA API (live frame captures and real error bodies
+quoted in public code):
 
-- a rejected ``session.update`` is discarded whole; every ``error`` is non-fatal and
-  carries ``error.event_id`` = the client's ``event_id`` (``null`` if it sent none);
-- ``response.cancel`` with nothing active: code ``response_cancel_not_active``,
+- event order of a response (``response.created``, ``output_item.added``,
+  ``conversation.item.added``, ``content_part.added``, deltas, ``*.done``,
+  ``conversation.item.done``, ``output_item.done``, ``response.done``), then
+  ``rate_limits.updated``; user items get ``conversation.item.added`` and ``.done``;
+- every ``error`` is non-fatal and carries ``error.event_id`` = the client's
+  ``event_id`` (``null`` if it sent none); a rejected ``session.update`` is discarded
+  whole; unknown type: ``invalid_value`` on ``type`` listing the supported values;
+  unknown field: ``unknown_parameter``; non-JSON: ``invalid_json``; a binary frame:
+  ``invalid_event``; a rate other than 24000: ``integer_below_min_value``;
+- ``response.cancel`` with nothing active: ``response_cancel_not_active``,
   "Cancellation failed: no active response found";
-- truncating past the audio the item holds: code ``invalid_value``, param
-  ``audio_end_ms``, "Audio content of {N}ms is already shorter than {M}ms"; an item with
-  no model audio (a user item, or an assistant item before its first delta):
-  ``unsupported_content_type``, "Only model output audio messages can be truncated";
-  an unknown item: ``item_truncate_invalid_item_id``;
-- unknown event type: ``invalid_value`` on ``type`` listing the supported values;
-  non-JSON: ``invalid_json``; a binary frame: ``invalid_event``;
-- no ``model`` in the URL: ``error`` ``missing_model`` then close 4000;
-- ``rate_limits.updated`` follows every ``response.done``;
+- truncating past the item's audio: ``invalid_value`` on ``audio_end_ms``, "Audio
+  content of {N}ms is already shorter than {M}ms"; an item with no model audio (a user
+  item, or an assistant item before its first delta): ``unsupported_content_type``,
+  "Only model output audio messages can be truncated";
+- no ``model`` in the URL: 101, one ``error`` (``missing_model``), close 4000; the same
+  for ``OpenAI-Beta: realtime=v1`` (``beta_api_shape_disabled``) when
+  ``reject_beta_header`` is set;
 - ``speech_started.audio_start_ms`` includes ``prefix_padding_ms`` and
-  ``speech_stopped.audio_end_ms`` includes the silence that ended the turn (the GA
-  documentation of both fields). The exact spans are in ``SessionRecord.turns``.
+  ``speech_stopped.audio_end_ms`` includes the silence that ended the turn (as the GA
+  reference documents both). The exact spans are in ``SessionRecord.turns``.
+
+Assumed, not confirmed: the messages for unknown item ids, bad base64 and
+``conversation_already_has_active_response``; delta sizes (50-100 ms) and speed
+(``Pacing``); the usage numbers. Deliberate limits: audio output only, ``audio/pcm`` at
+24 kHz only (both refused with a clear error); ``turn_detection.threshold`` is echoed
+but loudness is ``threshold_rms``; ``semantic_vad`` behaves as ``server_vad`` with 500 ms;
+``idle_timeout_ms`` is not acted on.
 """
 
 from __future__ import annotations
@@ -1032,16 +1044,17 @@ class RealtimeServerSession:
             raise ClientEventError(
                 "invalid_value", f"Item with id '{item_id}' already exists.", "item.id"
             )
-        role, content_type, text = "", item_type, None
+        role, content_type, text, audio = "", item_type, None, b""
         if item_type == "message":
             role = _required(item, "role", str, "item.")
             _one_of(role, ("user", "assistant", "system"), "item.role")
             content = _required(item, "content", list, "item.")
-            content_type, text = _first_content(content)
+            content_type, text, audio = _first_content(content)
         shown = {**item, "id": item_id, "object": "realtime.item", "status": "completed"}
         if "content" in shown:
+            # As the API shows items: everything but the audio bytes.
             shown["content"] = [_without_audio(part) for part in shown["content"]]
-        entry = ConversationEntry(item_id, role, content_type, shown, text=text)
+        entry = ConversationEntry(item_id, role, content_type, shown, audio=audio, text=text)
         self._add_item(entry, self._last_item_id())
 
     def _on_item_truncate(self, event: Event) -> None:
@@ -1299,18 +1312,28 @@ class RealtimeServerSession:
         return f"{prefix}_{''.join(self._rng.choices(_ID_ALPHABET, k=21))}"
 
 
-def _first_content(content: list[Any]) -> tuple[str, str | None]:
-    """The content type of an item's first part, and its text if it is text."""
+def _first_content(content: list[Any]) -> tuple[str, str | None, bytes]:
+    """An item's first content part: its type, its text, and its audio (for an echo)."""
     for index, part in enumerate(content):
         _check_type(part, dict, f"item.content[{index}]")
     if not content:
-        return "", None
+        return "", None, b""
     first = content[0]
     part_type = first.get("type", "")
-    text = first.get("text")
+    text, audio = first.get("text"), b""
     if part_type == "input_text":
         text = _required(first, "text", str, "item.content[0].")
-    return part_type, text if isinstance(text, str) else None
+    if part_type == "input_audio" and "audio" in first:
+        encoded = _required(first, "audio", str, "item.content[0].")
+        try:
+            audio = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ClientEventError(
+                "invalid_value",
+                "Invalid 'item.content[0].audio': expected base64-encoded audio data.",
+                "item.content[0].audio",
+            ) from exc
+    return part_type, text if isinstance(text, str) else None, audio
 
 
 def _without_audio(part: Any) -> Any:

@@ -545,6 +545,28 @@ def test_a_text_turn_gets_a_short_tone_and_a_transcript_echoing_the_text() -> No
     run(test)
 
 
+def test_a_user_audio_item_created_by_the_client_is_echoed() -> None:
+    async def test(server: RealtimeEmulator) -> None:
+        spoken = tone(170)
+        item = {
+            "type": rt.ITEM_CREATE,
+            "item": {
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_audio", "audio": base64.b64encode(spoken).decode()}],
+            },
+        }
+        async with session_client(server) as client:
+            await client.send(item)
+            added = await client.next()
+            await client.send(rt.response_create())
+            events = await client.until(rt.RESPONSE_DONE)
+        assert added["item"]["content"] == [{"type": "input_audio"}]  # no audio echoed back
+        assert audio_of(events) == spoken
+
+    run(test)
+
+
 def test_a_second_response_create_while_one_is_active_is_refused() -> None:
     async def test(server: RealtimeEmulator) -> None:
         async with session_client(server) as client:
