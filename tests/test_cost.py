@@ -321,6 +321,20 @@ def test_a_region_outside_the_table_falls_back_and_says_so() -> None:
     assert not any("does not cover" in note for note in west.notes)
 
 
+def test_access_log_assumption_fits_the_stage_access_log_format() -> None:
+    pytest.importorskip("pulumi_aws")
+    from infra.websocket_api import ACCESS_LOG_FORMAT
+
+    # Typical values for a $default message: 16-character ids, a 13-digit epoch, an IPv4.
+    sample = {key: "x" * 16 for key in ACCESS_LOG_FORMAT}
+    sample.update(eventType="MESSAGE", routeKey="$default", status="200", error="-")
+    line = json.dumps(sample, separators=(",", ":"))
+    event_overhead = 26  # CloudWatch Logs bills 26 bytes per event
+    assumed = Assumptions().api_access_log_bytes_per_message
+    assert len(line) + event_overhead <= assumed * 1.2
+    assert assumed <= (len(line) + event_overhead) * 1.5
+
+
 def test_hipaa_network_counts_match_the_network_component() -> None:
     pytest.importorskip("pulumi_aws")
     from infra import network

@@ -289,9 +289,10 @@ class Assumptions:
     model_event_overhead_bytes: int = 250  # JSON around each Realtime event's payload
     websocket_overhead_bytes: int = 40  # WebSocket and TLS framing per message
     http_overhead_bytes: int = 1200  # SigV4-signed request and response headers per call
-    lambda_log_bytes_per_invocation: int = 300  # START, END and REPORT lines
+    # CloudWatch Logs bills 26 bytes per event on top of the message.
+    lambda_log_bytes_per_invocation: int = 340  # START, END and REPORT lines (Text format)
     handler_log_bytes_per_call: int = 800  # "connected" and "disconnected"
-    api_access_log_bytes_per_message: int = 250  # one access-log line per routed message
+    api_access_log_bytes_per_message: int = 305  # infra.websocket_api's JSON line, ~280 B
     worker_log_bytes_per_call: int = 1500
     kms_requests_per_hour: float = 100.0  # data-key refreshes of SQS, DynamoDB and logs
     session_row_bytes: int = 300
