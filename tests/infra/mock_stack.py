@@ -121,6 +121,7 @@ class _Mocks(pulumi.runtime.Mocks):
             arn = f"arn:aws:kms:{self.region}:{ACCOUNT}:key/{rid}"
             outputs["keyId"] = rid
         elif typ == "aws:ecr/repository:Repository":
+            arn = f"arn:aws:ecr:{self.region}:{ACCOUNT}:repository/{name}"
             outputs["registryId"] = ACCOUNT
             outputs["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.{self.region}.amazonaws.com/{name}"
         elif typ == "docker-build:index:Image":
@@ -129,8 +130,6 @@ class _Mocks(pulumi.runtime.Mocks):
             arn = f"arn:aws:ecs:{self.region}:{ACCOUNT}:cluster/{name}"
         elif typ == "aws:dynamodb/table:Table":
             arn = f"arn:aws:dynamodb:{self.region}:{ACCOUNT}:table/{name}"
-        elif typ == "aws:ecr/repository:Repository":
-            arn = f"arn:aws:ecr:{self.region}:{ACCOUNT}:repository/{name}"
         elif typ == "aws:secretsmanager/secret:Secret":
             arn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{name}-AbCdEf"
         outputs.setdefault("arn", arn)

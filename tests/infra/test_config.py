@@ -1,0 +1,162 @@
+"""Stack config: one declaration (infra/config.py), kept in step with Pulumi.yaml and the README,
+and validated with messages that say what is wrong and what is allowed."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import yaml
+
+from infra.config import (
+    FARGATE_MEMORY_BY_CPU,
+    SETTINGS,
+    SETTINGS_BY_KEY,
+    ConfigError,
+    StackConfig,
+    parse_stack_config,
+    reference_table,
+)
+from tests.infra.mock_stack import ROOT, stack_file_config
+from wire import realtime
+
+PROJECT_FILE = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+
+
+def stack_values(stack: str) -> tuple[dict[str, str], str]:
+    raw = stack_file_config(stack)
+    region = raw.pop("aws:region")
+    return {k.removeprefix("voice-agent:"): v for k, v in raw.items()}, region
+
+
+def parse(**values: str) -> StackConfig:
+    return parse_stack_config(values, stack="dev", region="us-east-1")
+
+
+# --- Pulumi.yaml, the stack files and the README -------------------------------------------
+
+
+def test_project_file_runs_python_in_the_shared_virtualenv() -> None:
+    assert PROJECT_FILE["name"] == "voice-agent"
+    assert PROJECT_FILE["runtime"] == {
+        "name": "python", "options": {"toolchain": "pip", "virtualenv": ".venv"}}  # fmt: skip
+
+
+def test_project_file_declares_every_setting_with_type_description_and_default() -> None:
+    declared = PROJECT_FILE["config"]
+    assert list(declared) == [s.key for s in SETTINGS]
+    python_type = {"string": str, "integer": int, "boolean": bool}
+    for setting in SETTINGS:
+        entry = declared[setting.key]
+        assert entry["type"] == setting.type
+        assert entry["description"] == setting.description
+        assert type(entry["default"]) is python_type[setting.type]
+        assert entry["default"] == setting.default
+        assert entry.get("secret", False) == setting.secret
+
+
+def test_model_and_voice_choices_come_from_the_wire_module() -> None:
+    for model in realtime.MODELS:
+        assert parse(model=model).model == model
+    for voice in realtime.VOICES:
+        assert voice in SETTINGS_BY_KEY["voice"].description
+        assert parse(voice=voice).voice == voice
+
+
+def test_defaults_apply_when_nothing_is_set() -> None:
+    config = parse()
+    assert (config.model, config.hipaa, config.voice) == ("gpt-realtime-mini", False, "marin")
+    assert config.default_provisioned_concurrency == 0
+    assert config.openai_api_key is None
+    assert config.name_prefix == "voice-agent-dev"
+
+
+def test_dev_stack_is_cheap_and_prod_is_hipaa_in_another_region() -> None:
+    dev_values, dev_region = stack_values("dev")
+    prod_values, prod_region = stack_values("prod")
+    dev = parse_stack_config(dev_values, stack="dev", region=dev_region)
+    prod = parse_stack_config(prod_values, stack="prod", region=prod_region)
+    assert (dev.model, dev.hipaa, dev.default_provisioned_concurrency) == (
+        "gpt-realtime-mini", False, 0)  # fmt: skip
+    assert (prod.model, prod.hipaa, prod.default_provisioned_concurrency) == (
+        "gpt-realtime", True, 5)  # fmt: skip
+    assert dev.region != prod.region
+    assert prod.point_in_time_recovery_enabled and not dev.point_in_time_recovery_enabled
+
+
+def test_readme_config_reference_is_generated_from_the_settings() -> None:
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- config:start -->\n(.*?)<!-- config:end -->", readme, re.S)
+    assert block, "README lost its config markers"
+    assert reference_table() in block.group(1), (
+        "README config table is stale: paste infra.config.reference_table() between the markers"
+    )
+    for key in PROJECT_FILE["config"]:
+        assert f"| `{key}` |" in block.group(1)
+
+
+def test_readme_deploy_walkthrough_covers_start_to_finish() -> None:
+    readme = (ROOT / "README.md").read_text()
+    deploy = re.search(r"<!-- deploy:start -->\n(.*?)<!-- deploy:end -->", readme, re.S)
+    assert deploy
+    for step in ("pulumi stack init", "pulumi config set --secret openaiApiKey",
+                 "aws secretsmanager put-secret-value", "pulumi up", "?ws=",
+                 "voice-agent call", "pulumi destroy", "AWS_PREVIEW_ROLE_ARN",
+                 "PULUMI_ACCESS_TOKEN"):  # fmt: skip
+        assert step in deploy.group(1), step
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def test_an_unknown_model_names_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse(model="gpt-4o")
+    assert "voice-agent:model is 'gpt-4o'; allowed values are: gpt-realtime, gpt-realtime-mini" in (
+        str(err.value))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"voice": "robot"}, "voice-agent:voice is 'robot'; allowed values are: alloy"),
+        ({"hipaa": "yes"}, "voice-agent:hipaa must be true or false, got 'yes'"),
+        ({"workerCpu": "300"}, "voice-agent:workerCpu must be one of 256, 512"),
+        ({"workerCpu": "256", "workerMemory": "4096"},
+         "workerMemory 4096 is not valid with workerCpu 256; Fargate allows 512-2048"),
+        ({"workerCount": "1", "workerOnDemandBase": "2"}, "workerOnDemandBase (2) exceeds"),
+        ({"logRetentionDays": "10"}, "voice-agent:logRetentionDays must be one of 1, 3, 5"),
+        ({"defaultProvisionedConcurrency": "-1"}, "must be between 0 and 1000, got -1"),
+        ({"sessionTtlSeconds": "two hours"}, "sessionTtlSeconds must be an integer"),
+        ({"audioChunkBytes": "4801"}, "audioChunkBytes must be even"),
+        ({"realtimeBaseUrl": "http://example.com"}, "realtimeBaseUrl must be a wss:// URL"),
+        ({"vpcCidr": "10.0.0.0/8"}, "vpcCidr must be an IPv4 /16 to /22 range"),
+        ({"logLevel": "LOUD"}, "voice-agent:logLevel is 'LOUD'; allowed values are: DEBUG"),
+        ({"modle": "gpt-realtime"}, "voice-agent:modle is not a setting of this project"),
+    ],
+)  # fmt: skip
+def test_bad_values_fail_with_a_clear_message(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse(**values)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_stack_config({"model": "x", "voice": "y"}, stack="Dev Stack", region=None)
+    text = str(err.value)
+    for part in ("voice-agent:model", "voice-agent:voice", "stack name 'Dev Stack'",
+                 "aws:region is not set"):  # fmt: skip
+        assert part in text
+
+
+def test_every_fargate_size_pair_is_accepted() -> None:
+    for cpu, memories in FARGATE_MEMORY_BY_CPU.items():
+        for memory in (memories[0], memories[-1]):
+            config = parse(workerCpu=str(cpu), workerMemory=str(memory))
+            assert (config.worker_cpu, config.worker_memory) == (cpu, memory)
+
+
+def test_point_in_time_recovery_by_key_or_by_hipaa() -> None:
+    assert parse(pointInTimeRecovery="true").point_in_time_recovery_enabled
+    assert parse(hipaa="true").point_in_time_recovery_enabled
+    assert not parse().point_in_time_recovery_enabled

@@ -1,0 +1,198 @@
+"""Every policy the program writes: linted, least privilege, and matched to the code using it."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+import pytest
+from parliament import analyze_policy_string
+
+from infra import iam
+from infra.functions import HANDLERS
+from infra.keys import KEY_POLICY_ACCOUNT_STATEMENT_SID
+from infra.websocket_api import API_GATEWAY_LOGS_MANAGED_POLICY
+from tests.infra.conftest import Graph
+from tests.infra.mock_stack import ACCOUNT, ROOT
+
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+
+
+def identity_policies(graph: Graph) -> dict[str, dict]:
+    return {p.name: json.loads(p.inputs["policy"]) for p in graph.of_type(ROLE_POLICY)}
+
+
+def statements(policy: dict) -> list[dict]:
+    return policy["Statement"]
+
+
+def actions_of(policy: dict, prefix: str) -> set[str]:
+    return {a for s in statements(policy) for a in s["Action"] if a.startswith(prefix)}
+
+
+# --- lint and least privilege ---------------------------------------------------------------
+
+
+def test_identity_policies_pass_parliament_without_findings(any_stack: Graph) -> None:
+    policies = identity_policies(any_stack)
+    assert len(policies) == 5  # three handlers, the worker's task and execution roles
+    for name, policy in policies.items():
+        findings = analyze_policy_string(json.dumps(policy)).findings
+        assert not findings, f"{name}: {[(f.issue, f.detail) for f in findings]}"
+
+
+def test_no_wildcard_action_and_no_wildcard_resource_beyond_the_named_exceptions(
+    any_stack: Graph,
+) -> None:
+    region = any_stack.one("pulumi:providers:aws").inputs["region"]
+    for name, policy in identity_policies(any_stack).items():
+        for stmt in statements(policy):
+            assert stmt["Effect"] == "Allow"
+            assert not any("*" in a for a in stmt["Action"]), f"{name}: {stmt['Action']}"
+            if "*" in stmt["Resource"]:
+                assert stmt["Resource"] == ["*"]
+                assert set(stmt["Action"]) <= set(iam.WILDCARD_RESOURCE_ACTIONS), name
+                continue
+            for arn in stmt["Resource"]:
+                # Everything is this stack's own resource, in its account and region.
+                assert re.match(rf"arn:aws:[a-z0-9-]+:{region}:{ACCOUNT}:.+", arn), (name, arn)
+
+
+def test_the_wildcard_exceptions_are_few_and_justified() -> None:
+    assert set(iam.WILDCARD_RESOURCE_ACTIONS) == {
+        "ecr:GetAuthorizationToken",
+        "ec2:DescribeNetworkInterfaces",
+        "ec2:DescribeSubnets",
+    }
+    assert all(reason for reason in iam.WILDCARD_RESOURCE_ACTIONS.values())  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "stmt",
+    [
+        {"Action": ["sqs:*"], "Resource": ["arn:aws:sqs:us-east-1:1:q"]},
+        {"Action": ["s3:GetObject"], "Resource": ["*"]},
+        {"Action": ["ecr:GetAuthorizationToken", "ecr:BatchGetImage"], "Resource": ["*"]},
+    ],
+)
+def test_the_policy_builder_refuses_broad_grants(stmt: dict) -> None:
+    with pytest.raises(ValueError):
+        iam.check_least_privilege([{"Effect": "Allow", **stmt}])
+
+
+def test_roles_carry_only_their_own_inline_policy(any_stack: Graph) -> None:
+    attachments = any_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    # The single managed policy: API Gateway's account-wide logging role, which serves every
+    # API in the region and so cannot be scoped to this stack.
+    assert [a.inputs["policyArn"] for a in attachments] == [
+        f"arn:aws:iam::aws:policy/{API_GATEWAY_LOGS_MANAGED_POLICY}"
+    ]
+
+
+def test_trust_policies_admit_one_service_and_ecs_only_from_this_account(
+    any_stack: Graph,
+) -> None:
+    for role in any_stack.of_type("aws:iam/role:Role"):
+        [stmt] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+        assert stmt["Action"] == "sts:AssumeRole" and stmt["Effect"] == "Allow"
+        service = stmt["Principal"]["Service"]
+        assert service in {"lambda.amazonaws.com", "ecs-tasks.amazonaws.com",
+                           "apigateway.amazonaws.com"}  # fmt: skip
+        if service == "ecs-tasks.amazonaws.com":
+            assert stmt["Condition"]["StringEquals"] == {"aws:SourceAccount": ACCOUNT}
+
+
+def test_key_policies_delegate_to_iam_and_trust_only_the_logs_service(hipaa_stack: Graph) -> None:
+    for key in hipaa_stack.of_type("aws:kms/key:Key"):
+        policy = json.loads(key.inputs["policy"])
+        for stmt in policy["Statement"]:
+            principal = stmt["Principal"]
+            assert principal != "*" and principal.get("AWS") != "*"
+            if stmt.get("Sid") == KEY_POLICY_ACCOUNT_STATEMENT_SID:
+                # AWS's default statement, so that IAM policies (checked above) govern use.
+                assert principal == {"AWS": f"arn:aws:iam::{ACCOUNT}:root"}
+            else:
+                assert key.name == "keys-logs" and "Condition" in stmt
+                assert not any(a == "kms:*" for a in stmt["Action"])
+
+
+# --- the policies match the code that uses them ---------------------------------------------
+
+BOTO3_ACTIONS = {
+    "put_item": "dynamodb:PutItem",
+    "get_item": "dynamodb:GetItem",
+    "update_item": "dynamodb:UpdateItem",
+    "delete_item": "dynamodb:DeleteItem",
+    "query": "dynamodb:Query",
+    "send_message": "sqs:SendMessage",
+    "send_message_batch": "sqs:SendMessage",
+    "receive_message": "sqs:ReceiveMessage",
+    "delete_message": "sqs:DeleteMessage",
+    "delete_message_batch": "sqs:DeleteMessage",
+    "change_message_visibility": "sqs:ChangeMessageVisibility",
+    "change_message_visibility_batch": "sqs:ChangeMessageVisibility",
+    "get_queue_attributes": "sqs:GetQueueAttributes",
+}
+CONNECTIONS_CALLS = {"post_to_connection": "POST", "get_connection": "GET",
+                     "delete_connection": "DELETE"}  # fmt: skip
+
+
+def boto3_calls(paths: list[Path], clients: set[str] | None = None) -> set[str]:
+    """Names of boto3 methods called in ``paths`` (on the named client variables, if given)."""
+    calls = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            target = node.func.value
+            owner = target.id if isinstance(target, ast.Name) else None
+            if clients is None or owner in clients:
+                calls.add(node.func.attr)
+    return calls & (set(BOTO3_ACTIONS) | set(CONNECTIONS_CALLS))
+
+
+@pytest.mark.parametrize("spec", HANDLERS, ids=lambda s: s.short_name)
+def test_each_handler_role_grants_exactly_the_calls_its_handler_makes(spec, prod: Graph) -> None:
+    module = ROOT / (spec.handler.rpartition(".")[0].replace(".", "/") + ".py")
+    needed = {BOTO3_ACTIONS[c] for c in boto3_calls([module], {"dynamodb", "sqs"})}
+    assert needed, f"no AWS calls found in {module}"
+    policy = identity_policies(prod)[f"handlers-{spec.short_name}-policy"]
+    granted = actions_of(policy, "dynamodb:") | actions_of(policy, "sqs:")
+    assert granted == needed
+
+
+def test_the_worker_task_role_covers_every_call_the_worker_makes(prod: Graph) -> None:
+    calls = boto3_calls(sorted((ROOT / "worker").glob("*.py")))
+    assert {"receive_message", "post_to_connection"} <= calls
+    policy = identity_policies(prod)["worker-task-policy"]
+    granted = {a for s in statements(policy) for a in s["Action"]}
+    for call in calls:
+        if call in CONNECTIONS_CALLS:
+            [stmt] = [
+                s for s in statements(policy) if s["Action"] == ["execute-api:ManageConnections"]
+            ]
+            method = CONNECTIONS_CALLS[call]
+            assert any(f"/live/{method}/@connections/*" in r for r in stmt["Resource"]), call
+        else:
+            assert BOTO3_ACTIONS[call] in granted, call
+
+
+def test_the_worker_may_post_only_to_this_apis_stage(any_stack: Graph) -> None:
+    api = any_stack.one("aws:apigatewayv2/api:Api")
+    policy = identity_policies(any_stack)["worker-task-policy"]
+    [stmt] = [s for s in statements(policy) if s["Action"] == ["execute-api:ManageConnections"]]
+    prefix = api.outputs["executionArn"] + "/live/"
+    assert sorted(stmt["Resource"]) == sorted(
+        f"{prefix}{m}/@connections/*" for m in ("POST", "GET", "DELETE"))  # fmt: skip
+
+
+def test_hipaa_roles_use_the_data_key_only_through_the_services_that_need_it(
+    hipaa_stack: Graph, dev: Graph
+) -> None:
+    assert not any(actions_of(p, "kms:") for p in identity_policies(dev).values())
+    for name, policy in identity_policies(hipaa_stack).items():
+        kms = [s for s in statements(policy) if any(a.startswith("kms:") for a in s["Action"])]
+        assert len(kms) == 1, name
+        assert "kms:ViaService" in kms[0]["Condition"]["StringEquals"], name
