@@ -1309,13 +1309,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
+def read_price_table(path: Path) -> PriceTable:
+    try:
+        return PriceTable.from_toml(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PriceError(f"cannot read the price table {path}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """``voice-agent cost``: 0 on success, 2 on a bad stack, option or price table."""
     from infra.config import ConfigError
 
     try:
         settings = read_stack(args.project_dir or find_project_dir(Path.cwd()), args.stack)
-        prices = PriceTable.from_toml(PRICES_PATH.read_text(encoding="utf-8"))
+        prices = read_price_table(PRICES_PATH)
         assumptions = Assumptions(
             call_minutes=args.call_minutes,
             calls_per_vcpu=args.calls_per_vcpu,
