@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +58,9 @@ class Setting:
     type: str  # "string" | "integer" | "boolean" (Pulumi's project config types)
     default: str | int | bool
     description: str
+    # Set with `pulumi config set --secret`. Pulumi.yaml can't say `secret: true` for an
+    # optional key: the CLI then rejects the (plain) default, and without a default the key
+    # becomes required. So the program enforces it instead (``plaintext_secrets``).
     secret: bool = False
 
 
@@ -68,7 +71,8 @@ SETTINGS: tuple[Setting, ...] = (
             "HIPAA mode: customer-managed KMS keys everywhere, private subnets with NAT and VPC "
             "endpoints, point-in-time recovery, no message bodies in API logs."),
     Setting("openaiApiKey", "string", "",
-            "OpenAI API key, stored in Secrets Manager for the worker. Optional: without it "
+            "OpenAI API key, stored in Secrets Manager for the worker. Set it with --secret. "
+            "Optional: without it "
             "the secret is created empty (put the value with `aws secretsmanager "
             "put-secret-value`).", secret=True),
     Setting("voice", "string", "marin", f"Voice of the agent: one of {', '.join(VOICES)}."),
@@ -152,12 +156,19 @@ def parse_stack_config(
     stack: str,
     region: str | None,
     openai_api_key: Any = None,
+    plaintext_secrets: Collection[str] = (),
 ) -> StackConfig:
     """Validate raw config strings (keys without the project prefix) into a ``StackConfig``.
 
-    Unset keys take their declared default. All problems are reported at once.
+    Unset keys take their declared default. ``plaintext_secrets`` names secret settings that
+    were set without ``--secret``. All problems are reported at once.
     """
     errors: list[str] = []
+    for key in sorted(plaintext_secrets):
+        errors.append(
+            f"{PROJECT}:{key} is stored in plain text; set it with "
+            f"`pulumi config set --secret {key} <value>`"
+        )
 
     unknown = sorted(set(values) - set(SETTINGS_BY_KEY))
     for key in unknown:
@@ -309,7 +320,7 @@ def reference_table() -> str:
             default = f"`{str(s.default).lower()}`"
         else:
             default = f"`{s.default}`"
-        kind = f"{s.type}, secret" if s.secret else s.type
+        kind = f"{s.type}, set with `--secret`" if s.secret else s.type
         meaning = s.description.replace("|", "\\|")
         rows.append(f"| `{s.key}` | {kind} | {default} | {meaning} |")
     return "\n".join(rows)
@@ -318,7 +329,7 @@ def reference_table() -> str:
 def read_stack_config() -> StackConfig:
     """Read this stack's config from Pulumi, once. Raises ``pulumi.RunError`` on bad values."""
     import pulumi
-    from pulumi.runtime.config import CONFIG, get_config_env
+    from pulumi.runtime.config import CONFIG, get_config_env, is_config_secret
 
     config = pulumi.Config()
     prefix = f"{PROJECT}:"
@@ -329,12 +340,18 @@ def read_stack_config() -> StackConfig:
     # The CLI applies the empty default from Pulumi.yaml, so "" means "not configured".
     raw_key = values.pop("openaiApiKey", None)
     key = pulumi.Output.secret(raw_key) if raw_key else None
+    plaintext = [
+        s.key
+        for s in SETTINGS
+        if s.secret and config.get(s.key) and not is_config_secret(f"{PROJECT}:{s.key}")
+    ]
     try:
         return parse_stack_config(
             values,
             stack=pulumi.get_stack(),
             region=pulumi.Config("aws").get("region"),
             openai_api_key=key,
+            plaintext_secrets=plaintext,
         )
     except ConfigError as exc:
         raise pulumi.RunError(str(exc)) from None

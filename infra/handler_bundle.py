@@ -122,15 +122,16 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
 
     def visit(node: ast.AST, optional: bool) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child, optional)
+            for branch in node.orelse:
+                visit(branch, optional)
             return
         if isinstance(node, ast.Try):
             guarded = optional or any(_catches_import_error(h) for h in node.handlers)
-            for child in node.body:
-                visit(child, guarded)
-            for child in [*node.handlers, *node.orelse, *node.finalbody]:
-                visit(child, optional)
+            for statement in node.body:
+                visit(statement, guarded)
+            rest: list[ast.AST] = [*node.handlers, *node.orelse, *node.finalbody]
+            for other in rest:
+                visit(other, optional)
             return
         if isinstance(node, ast.Import):
             found.extend((alias.name, optional) for alias in node.names)
@@ -143,8 +144,8 @@ def _imports(path: Path, module: str) -> list[tuple[str, bool]]:
                 base = node.module or ""
             found.append((base, optional))
             found.extend((f"{base}.{alias.name}", optional) for alias in node.names)
-        for child in ast.iter_child_nodes(node):
-            visit(child, optional)
+        for nested in ast.iter_child_nodes(node):
+            visit(nested, optional)
 
     visit(tree, False)
     return found

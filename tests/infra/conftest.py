@@ -37,6 +37,7 @@ class Graph:
             raise AssertionError(f"render failed: {render['error']}")
         self.resources = [Resource(**r) for r in render["resources"]]
         self.outputs: dict[str, Any] = render["outputs"]
+        self.calls: list[dict[str, Any]] = render["calls"]
 
     def of_type(self, type_: str) -> list[Resource]:
         return [r for r in self.resources if r.type == type_]
@@ -81,7 +82,7 @@ def dev_config(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def renders() -> dict[str, dict[str, Any]]:
-    """Raw renders; ``bad_model`` is expected to fail with a config error."""
+    """Raw renders; ``bad_model`` and ``plain_key`` are expected to fail with a config error."""
     return render_stacks(
         {
             "dev": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}),
@@ -89,6 +90,7 @@ def renders() -> dict[str, dict[str, Any]]:
             "prod": ("prod", stack_file_config("prod"), []),
             "dev_hipaa": ("dev", dev_config(**{"voice-agent:hipaa": "true"}), []),
             "bad_model": ("dev", dev_config(**{"voice-agent:model": "gpt-4o-realtime"}), []),
+            "plain_key": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}), []),
         }
     )  # fmt: skip
 

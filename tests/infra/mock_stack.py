@@ -82,7 +82,7 @@ def _main(stack: str, config: dict[str, str], secret_keys: list[str]) -> dict[st
     root = get_root_resource()
     outputs = getattr(root, "outputs", {}) or {}
     resolved = _sync_await(pulumi.Output.all(**outputs).future()) if outputs else {}
-    return {"resources": mocks.resources, "outputs": resolved}
+    return {"resources": mocks.resources, "calls": mocks.calls, "outputs": resolved}
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -91,6 +91,7 @@ class _Mocks(pulumi.runtime.Mocks):
     def __init__(self, region: str) -> None:
         self.region = region
         self.resources: list[dict[str, Any]] = []
+        self.calls: list[dict[str, Any]] = []
 
     def new_resource(self, args: Any) -> tuple[str, dict[str, Any]]:
         inputs = dict(args.inputs)
@@ -141,6 +142,7 @@ class _Mocks(pulumi.runtime.Mocks):
 
     def call(self, args: Any) -> dict[str, Any]:  # type: ignore[override]
         token = args.token
+        self.calls.append({"token": token, "provider": args.provider})
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
             return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci",
                     "userId": "AIDAMOCK", "id": ACCOUNT}  # fmt: skip

@@ -52,7 +52,9 @@ def test_project_file_declares_every_setting_with_type_description_and_default()
         assert entry["description"] == setting.description
         assert type(entry["default"]) is python_type[setting.type]
         assert entry["default"] == setting.default
-        assert entry.get("secret", False) == setting.secret
+        # Never `secret: true`: the CLI rejects a secret's plain default, and a key without a
+        # default is required. The program refuses a plain-text secret itself (below).
+        assert "secret" not in entry
 
 
 def test_model_and_voice_choices_come_from_the_wire_module() -> None:
@@ -138,6 +140,13 @@ def test_an_unknown_model_names_the_allowed_ones() -> None:
 def test_bad_values_fail_with_a_clear_message(values: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse(**values)
+
+
+def test_a_secret_setting_given_in_plain_text_is_refused() -> None:
+    with pytest.raises(ConfigError, match=re.escape(
+            "voice-agent:openaiApiKey is stored in plain text; set it with "
+            "`pulumi config set --secret openaiApiKey <value>`")):  # fmt: skip
+        parse_stack_config({}, stack="dev", region="us-east-1", plaintext_secrets=["openaiApiKey"])
 
 
 def test_every_problem_is_reported_at_once() -> None:

@@ -65,6 +65,14 @@ def test_every_aws_resource_is_tagged_through_the_one_provider(any_stack: Graph)
         )
 
 
+def test_every_lookup_goes_through_the_same_provider(any_stack: Graph) -> None:
+    tokens = {c["token"] for c in any_stack.calls}
+    assert "aws:ecr/getAuthorizationToken:getAuthorizationToken" in tokens
+    assert "aws:index/getAvailabilityZones:getAvailabilityZones" in tokens
+    for call in any_stack.calls:
+        assert call["provider"] and "pulumi:providers:aws::aws::" in call["provider"], call
+
+
 def test_model_region_and_voice_follow_the_stack_config(dev: Graph, prod: Graph) -> None:
     for graph, region, model, voice in (
         (dev, "us-east-1", "gpt-realtime-mini", "marin"),
@@ -83,6 +91,12 @@ def test_invalid_config_fails_the_program_with_the_allowed_values(renders: dict)
     assert "RunError" in error
     assert "voice-agent:model is 'gpt-4o-realtime'" in error
     assert "allowed values are: gpt-realtime, gpt-realtime-mini" in error
+
+
+def test_an_openai_key_set_without_secret_is_refused(renders: dict) -> None:
+    error = renders["plain_key"]["error"]
+    assert "pulumi config set --secret openaiApiKey" in error
+    assert OPENAI_TEST_KEY not in error
 
 
 # --- WebSocket API --------------------------------------------------------------------------
