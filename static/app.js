@@ -2,7 +2,7 @@
 //
 // Query parameters (all optional):
 //   ws=wss://...      WebSocket URL (fills the field)      token=...   sent as ?token= on dial
-//   frame_ms=40       uplink frame length, 10..341 ms (341 ms is the 16 KB PCM limit)
+//   frame_ms=100      uplink frame length, 10..341 ms (341 ms is the 16 KB PCM limit)
 //   processing=off    noise suppression and auto gain off (echo cancellation stays on)
 //   sample_rate=N     AudioContext rate (tests; normally the device's own rate)
 //   test_tap=1        keep every sample the playback node outputs (tests; the browser is muted)
@@ -11,7 +11,9 @@ import { VoiceCall } from "./call.js";
 import { MAX_FRAME_MS, dialUrl } from "./protocol.js";
 import { installTestHook } from "./test-hook.js";
 
-const DEFAULT_FRAME_MS = 40; // 25 messages a second: small enough to add little latency
+// Each uplink frame is a billed message (and a queue send): 100 ms keeps turn-taking snappy at
+// half the cost of 40 ms (docs/cost.md); a frame delays the end of speech by up to its length.
+const DEFAULT_FRAME_MS = 100;
 const SHOWN_ERRORS = 5;
 
 function readSettings(search) {

@@ -51,7 +51,7 @@ def test_uplink_is_the_microphone_at_24khz_in_frames_within_the_limit(
     # Every frame passed wire.client's parser: base64 PCM16, even, at most 16 KB.
     assert not connection.rejected and not connection.binary_frames
     frames = connection.audio
-    assert all(len(f.pcm) == 40 * BYTES_PER_MS for f in frames), "default frames are 40 ms"
+    assert all(len(f.pcm) == 100 * BYTES_PER_MS for f in frames), "default frames are 100 ms"
     assert [f.seq for f in frames] == list(range(len(frames)))
 
     uplink = pcm16_to_floats(connection.uplink_pcm())
@@ -79,7 +79,7 @@ def test_uplink_is_the_microphone_at_24khz_in_frames_within_the_limit(
     if context_rate:
         assert snapshot["contextRate"] == context_rate
     assert snapshot["counters"]["framesSent"] >= len(frames)
-    assert snapshot["counters"]["largestFramePcmBytes"] == 40 * BYTES_PER_MS
+    assert snapshot["counters"]["largestFramePcmBytes"] == 100 * BYTES_PER_MS
 
 
 @pytest.mark.parametrize("processing", [None, "off"], ids=["default", "processing-off"])
