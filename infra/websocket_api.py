@@ -23,15 +23,15 @@ EXECUTION_LOGGING_LEVEL = "ERROR"
 # One JSON line per message: ids, route, status and latency; API Gateway's access log
 # variables carry no message body.
 ACCESS_LOG_FORMAT = {
+    # All from API Gateway's list of WebSocket access-log variables.
     "requestId": "$context.requestId",
+    "messageId": "$context.messageId",
     "connectionId": "$context.connectionId",
     "eventType": "$context.eventType",
     "routeKey": "$context.routeKey",
     "status": "$context.status",
-    "integrationStatus": "$context.integration.status",
-    "integrationLatencyMs": "$context.integration.latency",
+    "integrationLatencyMs": "$context.integrationLatency",
     "error": "$context.error.message",
-    "integrationError": "$context.integration.error",
     "requestTimeEpochMs": "$context.requestTimeEpoch",
     "sourceIp": "$context.identity.sourceIp",
 }
