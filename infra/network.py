@@ -61,7 +61,14 @@ class Network(pulumi.ComponentResource):
         super().__init__("voice-agent:network:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         zones = aws.get_availability_zones_output(
-            state="available", opts=pulumi.InvokeOptions(parent=self)
+            state="available",
+            # Regular zones only: Local and Wavelength Zones (opt-in) lack Fargate and NAT.
+            filters=[
+                aws.GetAvailabilityZonesFilterArgs(
+                    name="opt-in-status", values=["opt-in-not-required"]
+                )
+            ],
+            opts=pulumi.InvokeOptions(parent=self),
         ).names
         public_cidrs, private_cidrs = subnet_cidrs(config.vpc_cidr)
 
