@@ -15,8 +15,9 @@ log = configure("voice-agent.handlers")
 
 # Created at import so a warm container reuses the TCP/TLS connections. Endpoints come from
 # the standard AWS_ENDPOINT_URL_* variables (set only by the local stack and tests).
-_CLIENT_CONFIG = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2,
-                        read_timeout=5)
+_CLIENT_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=5
+)
 sqs = boto3.client("sqs", config=_CLIENT_CONFIG)
 dynamodb = boto3.client("dynamodb", config=_CLIENT_CONFIG)
 

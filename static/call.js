@@ -174,7 +174,8 @@ export class VoiceCall {
       case "speech_started":
         return this.onUserSpeechStarted();
       case "speech_stopped":
-        return this.onUserSpeechStopped(event.audio_end_ms);
+        // speech_end_ms: where speech ended, without the VAD's silence window.
+        return this.onUserSpeechStopped(event.speech_end_ms ?? event.audio_end_ms);
       case "transcript":
         return this.view.onTranscript(event);
       case "error":

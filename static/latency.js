@@ -1,6 +1,6 @@
 // End of user speech -> first agent audio, measured on the page's own clock.
 //
-// The server reports the end of speech as `audio_end_ms`: a position in the uplink audio
+// The server reports the end of speech as `speech_end_ms`: a position in the uplink audio
 // stream, not a time. The page remembers when it captured each frame it sent, so it can say
 // when that position was spoken; the latency is the arrival of the first agent audio after
 // `speech_stopped` minus that moment.
@@ -31,7 +31,7 @@ export class UplinkClock {
 
   /** When the page captured uplink position `uplinkMs`, or null if it is not remembered. */
   captureTimeOf(uplinkMs) {
-    // Newest first: `audio_end_ms` is at most a few seconds old.
+    // Newest first: `speech_end_ms` is at most a few seconds old.
     for (let i = this.frames.length - 1; i >= 0; i--) {
       const frame = this.frames[i];
       const startMs = i > 0 ? this.frames[i - 1].endMs : 0;

@@ -273,7 +273,7 @@ def test_speech_stopped_carries_the_end_of_speech_position() -> None:
     session = new_session()
     stopped = {"type": rt.SPEECH_STOPPED, "audio_end_ms": 1234, "item_id": "u"}
     assert client_events(session.receive_model_event(stopped, 0)) == [
-        {"type": "speech_stopped", "audio_end_ms": 1234}
+        {"type": "speech_stopped", "audio_end_ms": 1234, "speech_end_ms": 734}
     ]
 
 

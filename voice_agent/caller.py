@@ -7,9 +7,9 @@ to a model endpoint (the emulator), which is the baseline the full path is compa
 
 Latency is measured the way a person hears it: the caller "speaks" sample ``m`` at
 ``t0 + m`` ms and sends each frame once it is fully captured. The model's VAD reports where
-speech ended (``audio_end_ms``); the latency of that turn is the arrival of the next agent
-audio minus ``t0 + audio_end_ms``. It includes the VAD's silence window (500 ms by default),
-as a person's experience does.
+speech ended (``speech_end_ms``, the model's ``audio_end_ms`` less its silence window); the
+latency of that turn is the arrival of the next agent audio minus ``t0 + speech_end_ms``. It
+includes the VAD's silence window (500 ms by default), as a person's experience does.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DEFAULT_TAIL_MS = 1_000  # silence after the WAV so the VAD can end the last tur
 
 @dataclass
 class TurnResult:
-    audio_end_ms: int  # where the model heard speech end, in uplink audio
+    speech_end_ms: int  # where the user's speech ended, in uplink audio
     speech_end_at: float  # wall clock (monotonic s) at which that sample was spoken
     first_audio_at: float | None = None
 
@@ -69,8 +69,8 @@ class _Timeline:
     def spoken_at(self, ms: int) -> float:
         return self.t0 + ms / 1000 * self.pace
 
-    def speech_stopped(self, audio_end_ms: int) -> None:
-        self.result.turns.append(TurnResult(audio_end_ms, self.spoken_at(audio_end_ms)))
+    def speech_stopped(self, speech_end_ms: int) -> None:
+        self.result.turns.append(TurnResult(speech_end_ms, self.spoken_at(speech_end_ms)))
 
     def audio(self, pcm: bytes) -> None:
         self.result.reply_pcm += pcm
@@ -151,7 +151,7 @@ async def call_gateway(
                 if kind == proto.EventType.AUDIO:
                     line.audio(proto.decode_audio(event))
                 elif kind == proto.EventType.SPEECH_STOPPED:
-                    line.speech_stopped(int(event["audio_end_ms"]))
+                    line.speech_stopped(int(event.get("speech_end_ms", event["audio_end_ms"])))
                 elif kind == proto.EventType.AUDIO_DONE:
                     line.result.audio_items_done += 1
                 elif kind == proto.EventType.ERROR:
@@ -211,7 +211,8 @@ async def call_realtime_direct(
                 if kind == rt.OUTPUT_AUDIO_DELTA:
                     timeline.audio(base64.b64decode(event["delta"]))
                 elif kind == rt.SPEECH_STOPPED:
-                    timeline.speech_stopped(int(event["audio_end_ms"]))
+                    silence = rt.SessionConfig().vad_silence_ms
+                    timeline.speech_stopped(max(0, int(event["audio_end_ms"]) - silence))
                 elif kind == rt.OUTPUT_AUDIO_DONE:
                     timeline.result.audio_items_done += 1
                 elif kind == rt.ERROR:

@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="page, WebSocket and @connections port (0 picks a free one; default 8000)",
     )
     local.add_argument("--model", choices=rt.MODELS, default="gpt-realtime-mini")
-    local.add_argument("--voice", choices=rt.VOICES, default=rt.SessionConfig.voice)
+    local.add_argument("--voice", choices=rt.VOICES, default=rt.DEFAULT_VOICE)
     local.add_argument(
         "--chunk-bytes",
         type=int,
@@ -144,7 +144,7 @@ def _run_call(args: argparse.Namespace) -> int:
     print(f"reply: {seconds:.2f} s of audio in {args.out}; {len(result.turns)} turn(s)")
     for i, turn in enumerate(result.turns, 1):
         latency = f"{turn.latency_ms:.0f} ms" if turn.latency_ms is not None else "no reply"
-        print(f"  turn {i}: end of speech at {turn.audio_end_ms} ms -> first audio: {latency}")
+        print(f"  turn {i}: end of speech at {turn.speech_end_ms} ms -> first audio: {latency}")
     if result.latencies_ms and args.pace:
         print(
             f"median end-of-speech -> first-audio latency: "

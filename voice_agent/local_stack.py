@@ -45,7 +45,7 @@ class LocalStackOptions:
     port: int = 8000
     workers: int = 1
     model: str = "gpt-realtime-mini"
-    voice: str = rt.SessionConfig.voice
+    voice: str = rt.DEFAULT_VOICE
     openai_api_key: str = ""
     chunk_bytes: int | None = None
     log_level: str = "WARNING"

@@ -231,9 +231,14 @@ def speech_started_event(item_id: str | None = None) -> bytes:
     return _event(EventType.SPEECH_STARTED, item_id=item_id)
 
 
-def speech_stopped_event(audio_end_ms: int) -> bytes:
-    """The model's VAD heard the end of speech at ``audio_end_ms`` of the call's uplink audio."""
-    return _event(EventType.SPEECH_STOPPED, audio_end_ms=audio_end_ms)
+def speech_stopped_event(audio_end_ms: int, speech_end_ms: int) -> bytes:
+    """The model's VAD ended the user's turn.
+
+    ``audio_end_ms`` is the model's own figure: the uplink position where the turn ended,
+    which includes the VAD's silence window. ``speech_end_ms`` is where the speech itself
+    ended (``audio_end_ms`` less that window): latency is measured from it.
+    """
+    return _event(EventType.SPEECH_STOPPED, audio_end_ms=audio_end_ms, speech_end_ms=speech_end_ms)
 
 
 def transcript_event(role: str, text: str, final: bool, item_id: str | None = None) -> bytes:

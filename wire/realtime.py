@@ -65,12 +65,16 @@ RESPONSE_CANCEL = "response.cancel"
 BENIGN_ERROR_CODES = frozenset({"response_cancel_not_active"})
 
 
+DEFAULT_MODEL = "gpt-realtime-mini"
+DEFAULT_VOICE = "marin"
+
+
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     """What the bridge asks of every model session."""
 
-    model: str = "gpt-realtime-mini"
-    voice: str = "marin"
+    model: str = DEFAULT_MODEL
+    voice: str = DEFAULT_VOICE
     instructions: str = "You are a helpful, concise voice assistant."
     transcription_model: str = "gpt-4o-mini-transcribe"
     vad_silence_ms: int = 500

@@ -265,7 +265,8 @@ class BridgeSession:
         end_ms = event.get("audio_end_ms")
         if not isinstance(end_ms, int):
             return []
-        return [self._to_client(proto.speech_stopped_event(end_ms), now_ms)]
+        speech_end_ms = max(0, end_ms - self.session_config.vad_silence_ms)
+        return [self._to_client(proto.speech_stopped_event(end_ms, speech_end_ms), now_ms)]
 
     def _on_response_created(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         self.response_active = True

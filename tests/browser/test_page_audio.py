@@ -193,7 +193,7 @@ def test_latency_runs_from_the_end_of_speech_to_the_first_agent_audio(
     page, connection = start_call()
     end_of_speech_ms = 1_000
     connection.wait_for_uplink_ms(end_of_speech_ms + 500)  # server VAD: 500 ms of silence
-    connection.send(speech_stopped_event(end_of_speech_ms))
+    connection.send(speech_stopped_event(end_of_speech_ms + 500, end_of_speech_ms))
     time.sleep(0.2)  # "thinking"
     connection.send(*agent_audio("item_d", 0.2))
     page.page.wait_for_function("() => __voiceAgentTest.snapshot().latenciesMs.length === 1")

@@ -162,7 +162,7 @@ def test_screenshot_of_a_call_in_progress(start_call: StartCall, screenshot_dir:
     connection.wait_for_uplink_ms(1_200)
     connection.send(
         transcript_event("user", "What's the weather like in Lisbon today?", True, "u1"),
-        speech_stopped_event(600),
+        speech_stopped_event(1100, 600),
         transcript_event(
             "assistant", "Sunny and 24 degrees, with a light breeze from the ", False, "a1"
         ),
