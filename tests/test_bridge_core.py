@@ -127,6 +127,35 @@ def test_duplicate_sequence_numbers_are_dropped() -> None:
     frames = [proto.audio_action(pcm_of(100, s), seq=s) for s in (0, 1, 1, 2, 0, 3)]
     sent = [e for f in frames for e in model_events(session.receive_client_frame(f, 0))]
     assert [base64.b64decode(e["audio"]) for e in sent] == [pcm_of(100, s) for s in (0, 1, 2, 3)]
+    assert session.uplink.duplicates == 2
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=st.permutations(list(range(12))), repeats=st.lists(st.integers(0, 11), max_size=6))
+def test_reordered_and_repeated_frames_reach_the_model_once_in_order(
+    order: list[int], repeats: list[int]
+) -> None:
+    session = new_session()
+    sent: list[dict] = []
+    for seq in order + repeats:
+        frame = proto.audio_action(pcm_of(64, seq), seq=seq)
+        sent += model_events(session.receive_client_frame(frame, 0))
+    assert [base64.b64decode(e["audio"]) for e in sent] == [pcm_of(64, s) for s in range(12)]
+
+
+def test_a_gap_is_waited_for_then_skipped_and_reported() -> None:
+    session = new_session(uplink_gap_wait_ms=200)
+    session.receive_client_frame(proto.audio_action(pcm_of(64, 0), seq=0), 0)
+    held = session.receive_client_frame(proto.audio_action(pcm_of(64, 2), seq=2), 10)
+    assert held == [] and session.next_deadline_ms() == 210
+    assert session.tick(209) == []
+    commands = session.tick(210)
+    (error,) = client_events(commands)
+    assert error["code"] == "audio_gap" and "1..1" in error["message"]
+    (append,) = model_events(commands)
+    assert base64.b64decode(append["audio"]) == pcm_of(64, 2)
+    # The late frame, arriving after all, is a duplicate of a settled position.
+    assert session.receive_client_frame(proto.audio_action(pcm_of(64, 1), seq=1), 300) == []
 
 
 def test_ping_gets_pong() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ from wire.audio import ms_to_bytes
 
 DEFAULT_FRAME_MS = 100  # uplink frame: 4,800 bytes of PCM, ~6.5 KB as JSON
 DEFAULT_TAIL_MS = 1_000  # silence after the WAV so the VAD can end the last turn
+# A call is over when every turn heard has had its reply and the server has said nothing
+# for this long (in fast mode the model may still be catching up on queued audio).
+QUIET_MS = 800
 
 
 @dataclass
@@ -64,7 +68,11 @@ class _Timeline:
     def __init__(self, pace: float) -> None:
         self.pace = pace
         self.t0 = time.monotonic()
+        self.last_event_at = self.t0
         self.result = CallResult()
+
+    def heard(self) -> None:
+        self.last_event_at = time.monotonic()
 
     def spoken_at(self, ms: int) -> float:
         return self.t0 + ms / 1000 * self.pace
@@ -81,7 +89,8 @@ class _Timeline:
 
     def replies_complete(self) -> bool:
         turns = len(self.result.turns)
-        return turns > 0 and self.result.audio_items_done >= turns
+        quiet = (time.monotonic() - self.last_event_at) * 1000 >= QUIET_MS
+        return turns > 0 and self.result.audio_items_done >= turns and quiet
 
 
 async def _stream(
@@ -146,6 +155,7 @@ async def call_gateway(
                 line = holder.get("timeline")
                 if line is None:
                     continue
+                line.heard()
                 if kind != proto.EventType.AUDIO:
                     line.result.events.append(event)
                 if kind == proto.EventType.AUDIO:
@@ -167,8 +177,10 @@ async def call_gateway(
         timeline = _Timeline(pace)
         holder["timeline"] = timeline
 
+        sequence = itertools.count()
+
         async def send_audio(frame: bytes) -> None:
-            await socket.send(proto.audio_action(frame))
+            await socket.send(proto.audio_action(frame, seq=next(sequence)))
 
         try:
             await _stream(
@@ -208,6 +220,7 @@ async def call_realtime_direct(
             async for frame in socket:
                 event = orjson.loads(frame)
                 kind = event.get("type")
+                timeline.heard()
                 if kind == rt.OUTPUT_AUDIO_DELTA:
                     timeline.audio(base64.b64decode(event["delta"]))
                 elif kind == rt.SPEECH_STOPPED:

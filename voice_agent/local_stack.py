@@ -132,6 +132,8 @@ class LocalStack:
     def _start_moto(self) -> str:
         from moto.server import ThreadedMotoServer
 
+        # moto's server logs every request through werkzeug; keep the console readable.
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
         port = free_port(self.options.host)
         self._moto = ThreadedMotoServer(ip_address=self.options.host, port=port, verbose=False)
         self._moto.start()
@@ -187,7 +189,10 @@ class LocalStack:
                     Path(os.environ.get("TMPDIR", "/tmp"))
                     / f"voice-agent-worker-{os.getpid()}-{index}"
                 ),
-                "SQS_POLLERS": env.get("SQS_POLLERS", "4"),
+                # One poller: moto's long poll spins on a FIFO group another poller holds
+                # in flight (it snapshots the in-flight groups when the poll starts), which
+                # starves the server. Real SQS has no such problem; the worker's default is 4.
+                "SQS_POLLERS": env.get("SQS_POLLERS", "1"),
                 "PYTHONPATH": str(REPO_ROOT),
             }
         )

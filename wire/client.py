@@ -68,6 +68,7 @@ class ErrorCode(StrEnum):
     INVALID_INTERRUPT = "invalid_interrupt"
     MESSAGE_TOO_LARGE = "message_too_large"
     RATE_LIMITED = "rate_limited"
+    AUDIO_GAP = "audio_gap"
     MODEL_ERROR = "model_error"
     MODEL_UNAVAILABLE = "model_unavailable"
 

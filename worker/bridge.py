@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from typing import Any
 
 from wire import client as proto
@@ -42,13 +43,23 @@ class LiveCall:
         )
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # Request ids of recent envelopes: SQS delivers at least once, so a message can
+        # come again (a lost delete, a visibility timeout); the model must hear it once.
+        self._recent_requests: OrderedDict[str, None] = OrderedDict()
         self.apply(self.core.open())
         self.link.start()
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def client_frame(self, body: str) -> None:
-        self.apply(self.core.receive_client_frame(body, monotonic_ms()))
+    def client_frame(self, envelope: QueueEnvelope) -> None:
+        if envelope.request_id in self._recent_requests:
+            log.info("duplicate delivery dropped",
+                     extra={"connection_id": self.connection_id, "request_id": envelope.request_id})
+            return
+        self._recent_requests[envelope.request_id] = None
+        if len(self._recent_requests) > _RECENT_REQUESTS:
+            self._recent_requests.popitem(last=False)
+        self.apply(self.core.receive_client_frame(envelope.body, monotonic_ms()))
 
     def _model_event(self, event: dict[str, Any]) -> None:
         self.apply(self.core.receive_model_event(event, monotonic_ms()))
@@ -117,6 +128,9 @@ class LiveCall:
             await self.bridge.connections.disconnect(self.connection_id)
 
 
+# Enough to cover a visibility timeout's worth of frames (10 s at 10 frames/s) many times.
+_RECENT_REQUESTS = 1024
+
 # End reasons after which nobody is there to tell.
 _CALLER_LEFT = frozenset({"caller_gone", "caller_disconnected"})
 
@@ -150,7 +164,7 @@ class Bridge:
                 extra={"connection_id": envelope.connection_id, "trigger": envelope.kind.value},
             )
         if envelope.kind is EnvelopeKind.FRAME:
-            call.client_frame(envelope.body)
+            call.client_frame(envelope)
 
     def forget(self, connection_id: str) -> None:
         self.calls.pop(connection_id, None)

@@ -70,6 +70,8 @@ class BridgeSettings:
     # A message after this long without downlink traffic keeps proxies and the API
     # Gateway idle timer (10 minutes) from closing a quiet call.
     keepalive_interval_ms: int = 300_000
+    # How long an out-of-order uplink frame waits for the ones before it.
+    uplink_gap_wait_ms: int = 200
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 or self.chunk_bytes % 2:
@@ -105,6 +107,61 @@ class AssistantAudio:
         return max(0, min(self.sent_ms, now_ms - self.first_sent_ms))
 
 
+class UplinkSequencer:
+    """Puts sequenced uplink audio back in the caller's order.
+
+    API Gateway may run a connection's ``$default`` invocations in parallel and SQS may
+    deliver a message twice, so frames can reach the worker out of order or repeated. With
+    ``seq`` (0, 1, 2, ... per call) a repeat is dropped, an early frame is held until the
+    gap fills, and a gap that stays open for ``gap_wait_ms`` is skipped and reported.
+    """
+
+    def __init__(self, gap_wait_ms: int, max_held: int = 64) -> None:
+        self.gap_wait_ms = gap_wait_ms
+        self.max_held = max_held
+        self.next_seq = 0
+        self.held: dict[int, bytes] = {}
+        self.gap_deadline_ms: int | None = None
+        self.duplicates = 0
+        self.skipped = 0
+
+    def push(self, seq: int, pcm: bytes, now_ms: int) -> tuple[list[bytes], range | None]:
+        """Frames now in order, and the range of seqs given up on (if any)."""
+        if seq < self.next_seq or seq in self.held:
+            self.duplicates += 1
+            return [], None
+        self.held[seq] = pcm
+        if seq != self.next_seq and self.gap_deadline_ms is None:
+            self.gap_deadline_ms = now_ms + self.gap_wait_ms
+        if len(self.held) > self.max_held:
+            return self._skip_gap(now_ms)
+        return self._release(), None
+
+    def expire(self, now_ms: int) -> tuple[list[bytes], range | None]:
+        if self.gap_deadline_ms is None or now_ms < self.gap_deadline_ms:
+            return [], None
+        return self._skip_gap(now_ms)
+
+    def _skip_gap(self, now_ms: int) -> tuple[list[bytes], range | None]:
+        first_held = min(self.held)
+        missing = range(self.next_seq, first_held)
+        self.skipped += len(missing)
+        self.next_seq = first_held
+        released = self._release()
+        if self.held:  # another gap behind this one gets its own wait
+            self.gap_deadline_ms = now_ms + self.gap_wait_ms
+        return released, missing
+
+    def _release(self) -> list[bytes]:
+        out = []
+        while self.next_seq in self.held:
+            out.append(self.held.pop(self.next_seq))
+            self.next_seq += 1
+        if not self.held:
+            self.gap_deadline_ms = None
+        return out
+
+
 @dataclass(slots=True)
 class PendingTruncation:
     item: AssistantAudio
@@ -129,7 +186,7 @@ class BridgeSession:
         self.ready = False
         self.response_active = False
         self.uplink_bytes = 0
-        self.last_seq: int | None = None
+        self.uplink = UplinkSequencer(self.settings.uplink_gap_wait_ms)
         self._assistant: AssistantAudio | None = None
         self._pending_truncation: PendingTruncation | None = None
         self._last_downlink_ms = now_ms
@@ -149,7 +206,7 @@ class BridgeSession:
         except ProtocolError as exc:
             return [self._to_client(proto.error_event(exc.code, exc.message), now_ms)]
         if isinstance(message, proto.AudioIn):
-            return self._on_audio(message)
+            return self._on_audio(message, now_ms)
         if isinstance(message, proto.TextIn):
             return self._on_text(message)
         if isinstance(message, proto.InterruptIn):
@@ -181,6 +238,7 @@ class BridgeSession:
         pending = self._pending_truncation
         if pending is not None and now_ms >= pending.deadline_ms:
             out.extend(self._truncate(pending.item.estimated_played_ms(now_ms)))
+        out.extend(self._to_model_audio(*self.uplink.expire(now_ms), now_ms))
         if now_ms - self._last_downlink_ms >= self.settings.keepalive_interval_ms:
             out.append(self._to_client(proto.keepalive_event(), now_ms))
         return out
@@ -193,6 +251,8 @@ class BridgeSession:
             deadlines.append(item.pending_since_ms + self.settings.max_hold_ms)
         if self._pending_truncation is not None:
             deadlines.append(self._pending_truncation.deadline_ms)
+        if self.uplink.gap_deadline_ms is not None:
+            deadlines.append(self.uplink.gap_deadline_ms)
         return min(deadlines) if not self.ended else None
 
     def end(self, reason: str) -> list[Command]:
@@ -204,13 +264,22 @@ class BridgeSession:
 
     # --- client messages ------------------------------------------------------------------
 
-    def _on_audio(self, message: proto.AudioIn) -> list[Command]:
-        if message.seq is not None:
-            if self.last_seq is not None and message.seq <= self.last_seq:
-                return []  # a duplicate delivery: the model must hear each frame once
-            self.last_seq = message.seq
-        self.uplink_bytes += len(message.pcm)
-        return [SendToModel(rt.input_audio_append(message.pcm))]
+    def _on_audio(self, message: proto.AudioIn, now_ms: int) -> list[Command]:
+        if message.seq is None:
+            return self._to_model_audio([message.pcm], None, now_ms)
+        return self._to_model_audio(*self.uplink.push(message.seq, message.pcm, now_ms), now_ms)
+
+    def _to_model_audio(
+        self, frames: list[bytes], missing: range | None, now_ms: int
+    ) -> list[Command]:
+        out: list[Command] = []
+        if missing:
+            text = f"audio frames {missing.start}..{missing.stop - 1} never arrived; skipped"
+            out.append(self._to_client(proto.error_event(ErrorCode.AUDIO_GAP, text), now_ms))
+        for pcm in frames:
+            self.uplink_bytes += len(pcm)
+            out.append(SendToModel(rt.input_audio_append(pcm)))
+        return out
 
     def _on_text(self, message: proto.TextIn) -> list[Command]:
         out: list[Command] = []
