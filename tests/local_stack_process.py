@@ -27,13 +27,20 @@ class RunningStack:
 
 
 @contextmanager
-def local_stack(*args: str, env: dict[str, str] | None = None,
-                timeout_s: float = 60) -> Iterator[RunningStack]:
+def local_stack(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> Iterator[RunningStack]:
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     environment.pop("OPENAI_API_KEY", None)  # the emulator, never the real service
+    # LOCAL_STACK_STDERR=path keeps the stack's logs (JSON lines) for debugging a failure.
+    stderr = open(os.environ.get("LOCAL_STACK_STDERR", os.devnull), "a")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "voice_agent.cli", "local", "--port", "0", *args],
-        cwd=REPO, env=environment, stdout=subprocess.PIPE, stderr=open(os.environ.get("LOCAL_STACK_STDERR", os.devnull), "a"), text=True,
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
     )
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s

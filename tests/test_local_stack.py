@@ -91,9 +91,7 @@ def test_concurrent_calls_do_not_mix(stack: RunningStack) -> None:
     voices = [silence(200) + tone(500 + 100 * i, 300 + 90 * i) for i in range(4)]
 
     async def calls() -> list[bytes]:
-        results = await asyncio.gather(
-            *(call_gateway(stack.ws_url, pcm, pace=0) for pcm in voices)
-        )
+        results = await asyncio.gather(*(call_gateway(stack.ws_url, pcm, pace=0) for pcm in voices))
         return [r.reply_pcm for r in results]
 
     replies = asyncio.run(calls())
@@ -107,8 +105,15 @@ def test_a_spoken_sentence_comes_back_bit_exact(stack: RunningStack, tmp_path: P
             pytest.fail("espeak-ng is missing in CI (.ci/run installs it)")
         pytest.skip("espeak-ng is not installed")
     wav = tmp_path / "speech.wav"
-    subprocess.run([espeak, "-w", str(wav), "Hello, can you hear me? I would like a table "
-                    "for two at eight tonight."], check=True)
+    subprocess.run(
+        [
+            espeak,
+            "-w",
+            str(wav),
+            "Hello, can you hear me? I would like a table for two at eight tonight.",
+        ],
+        check=True,
+    )
     pcm = read_pcm24k(wav)
     result = asyncio.run(call_gateway(stack.ws_url, pcm, pace=1.0))
     assert result.errors == []
@@ -116,8 +121,14 @@ def test_a_spoken_sentence_comes_back_bit_exact(stack: RunningStack, tmp_path: P
 
 
 def test_bad_frames_get_error_events_and_the_call_goes_on(stack: RunningStack) -> None:
-    bad = ["not json", "[1]", '{"no":"action"}', '{"action":"sing"}',
-           '{"action":"audio","audio":"%%%"}', '{"action":"audio","audio":"AA=="}']
+    bad = [
+        "not json",
+        "[1]",
+        '{"no":"action"}',
+        '{"action":"sing"}',
+        '{"action":"audio","audio":"%%%"}',
+        '{"action":"audio","audio":"AA=="}',
+    ]
 
     async def session() -> tuple[list[str], bytes]:
         codes: list[str] = []
@@ -138,8 +149,14 @@ def test_bad_frames_get_error_events_and_the_call_goes_on(stack: RunningStack) -
                     return codes, audio
 
     codes, audio = asyncio.run(session())
-    assert codes == ["invalid_json", "not_an_object", "missing_action", "unknown_action",
-                     "invalid_audio", "invalid_audio"]
+    assert codes == [
+        "invalid_json",
+        "not_an_object",
+        "missing_action",
+        "unknown_action",
+        "invalid_audio",
+        "invalid_audio",
+    ]
     assert audio == tone(600, 440)
 
 
@@ -148,9 +165,21 @@ def test_voice_agent_call_command_saves_the_reply(stack: RunningStack, tmp_path:
     pcm = silence(200) + tone(600, 500) + silence(200)
     write_pcm24k(wav_in, pcm)
     done = subprocess.run(
-        [sys.executable, "-m", "voice_agent.cli", "call", stack.ws_url, "--wav", str(wav_in),
-         "--out", str(wav_out)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "voice_agent.cli",
+            "call",
+            stack.ws_url,
+            "--wav",
+            str(wav_in),
+            "--out",
+            str(wav_out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert "first audio" in done.stdout and "median" in done.stdout
@@ -161,9 +190,21 @@ def test_voice_agent_call_explains_a_bad_wav(tmp_path: Path) -> None:
     not_wav = tmp_path / "x.wav"
     not_wav.write_text("hello")
     done = subprocess.run(
-        [sys.executable, "-m", "voice_agent.cli", "call", "ws://127.0.0.1:9/x", "--wav",
-         str(not_wav), "--out", str(tmp_path / "o.wav")],
-        cwd=REPO, capture_output=True, text=True, timeout=30,
+        [
+            sys.executable,
+            "-m",
+            "voice_agent.cli",
+            "call",
+            "ws://127.0.0.1:9/x",
+            "--wav",
+            str(not_wav),
+            "--out",
+            str(tmp_path / "o.wav"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 2
     assert "not a PCM WAV" in done.stderr and "Traceback" not in done.stderr
@@ -171,8 +212,9 @@ def test_voice_agent_call_explains_a_bad_wav(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_the_stack_and_its_worker() -> None:
     with local_stack() as running:
-        children = subprocess.run(["pgrep", "-P", str(running.process.pid)],
-                                  capture_output=True, text=True).stdout.split()
+        children = subprocess.run(
+            ["pgrep", "-P", str(running.process.pid)], capture_output=True, text=True
+        ).stdout.split()
         assert children, "the worker process was not started"
         running.process.send_signal(signal.SIGINT)
         assert running.process.wait(timeout=20) == 0

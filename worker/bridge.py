@@ -53,8 +53,10 @@ class LiveCall:
 
     def client_frame(self, envelope: QueueEnvelope) -> None:
         if envelope.request_id in self._recent_requests:
-            log.info("duplicate delivery dropped",
-                     extra={"connection_id": self.connection_id, "request_id": envelope.request_id})
+            log.info(
+                "duplicate delivery dropped",
+                extra={"connection_id": self.connection_id, "request_id": envelope.request_id},
+            )
             return
         self._recent_requests[envelope.request_id] = None
         if len(self._recent_requests) > _RECENT_REQUESTS:
