@@ -8,6 +8,7 @@ from typing import Any
 
 from handlers.runtime import (
     AUDIO_QUEUE_URL,
+    MAX_SESSIONS,
     OK,
     SESSION_TTL_SECONDS,
     SESSIONS_TABLE,
@@ -29,6 +30,13 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         user_agent=str(identity.get("userAgent", ""))[:512],
     )
     now = int(time.time())
+    if MAX_SESSIONS and live_sessions(now) >= MAX_SESSIONS:
+        log.warning(
+            "connect refused",
+            extra={**log_fields(event, context), "reason": "session limit", "limit": MAX_SESSIONS},
+        )
+        # The handshake fails with 429; the body says why to callers that can read it.
+        return {"statusCode": 429, "body": f"too many concurrent calls (limit {MAX_SESSIONS})"}
     dynamodb.put_item(
         TableName=SESSIONS_TABLE,
         Item={
@@ -49,3 +57,23 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     sqs.send_message(**envelope.to_send_message(AUDIO_QUEUE_URL))
     log.info("connected", extra=log_fields(event, context))
     return OK
+
+
+def live_sessions(now: int) -> int:
+    """Rows whose TTL has not passed. DynamoDB deletes expired rows late, so the filter
+    checks ``ttl`` itself. A scan costs a read per 4 KB of rows: fine up to a few
+    thousand calls, the scale a per-stack limit is for."""
+    count = 0
+    kwargs: dict[str, Any] = {
+        "TableName": SESSIONS_TABLE,
+        "Select": "COUNT",
+        "FilterExpression": "#ttl > :now",
+        "ExpressionAttributeNames": {"#ttl": "ttl"},
+        "ExpressionAttributeValues": {":now": {"N": str(now)}},
+    }
+    while True:
+        page = dynamodb.scan(**kwargs)
+        count += int(page.get("Count", 0))
+        if "LastEvaluatedKey" not in page:
+            return count
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]

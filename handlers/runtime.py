@@ -24,6 +24,7 @@ dynamodb = boto3.client("dynamodb", config=_CLIENT_CONFIG)
 SESSIONS_TABLE = os.environ.get("SESSIONS_TABLE", "")
 AUDIO_QUEUE_URL = os.environ.get("AUDIO_QUEUE_URL", "")
 SESSION_TTL_SECONDS = int(os.environ.get("SESSION_TTL_SECONDS", "7200"))
+MAX_SESSIONS = int(os.environ.get("MAX_SESSIONS", "0"))  # 0: no limit
 
 OK: dict[str, Any] = {"statusCode": 200}
 

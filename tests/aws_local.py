@@ -61,6 +61,7 @@ def handler_env(stack: MotoStack, **extra: str) -> Iterator[None]:
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ENDPOINT_URL_DYNAMODB": stack.url,
         "AWS_ENDPOINT_URL_SQS": stack.url,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": stack.url,
         "SESSIONS_TABLE": stack.resources.table_name,
         "AUDIO_QUEUE_URL": stack.resources.queue_url,
         **extra,
@@ -79,8 +80,11 @@ def handler_env(stack: MotoStack, **extra: str) -> Iterator[None]:
 
 def load_handlers() -> dict[str, ModuleType]:
     """(Re)import the handler modules so their module-scope clients bind to the current env."""
+    # boto3's default session caches what it read from the environment (endpoint URLs
+    # included): start a new one, as a new Lambda container would.
+    boto3.DEFAULT_SESSION = None
     runtime = importlib.reload(importlib.import_module("handlers.runtime"))
     modules = {"runtime": runtime}
-    for name in ("connect", "default", "disconnect"):
+    for name in ("connect", "default", "disconnect", "authorize"):
         modules[name] = importlib.reload(importlib.import_module(f"handlers.{name}"))
     return modules

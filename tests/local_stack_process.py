@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 @dataclass
 class RunningStack:
     process: subprocess.Popen[str]
+    state_dir: str
     page_url: str
     ws_url: str
     connections_url: str
@@ -30,7 +32,13 @@ class RunningStack:
 def local_stack(
     *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
 ) -> Iterator[RunningStack]:
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    state_dir = tempfile.mkdtemp(prefix="voice-agent-state-")
+    environment = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "VOICE_AGENT_STATE_DIR": state_dir,
+        **(env or {}),
+    }
     environment.pop("OPENAI_API_KEY", None)  # the emulator, never the real service
     # LOCAL_STACK_STDERR=path keeps the stack's logs (JSON lines) for debugging a failure.
     stderr = open(os.environ.get("LOCAL_STACK_STDERR", os.devnull), "a")  # noqa: SIM115
@@ -56,6 +64,7 @@ def local_stack(
     text = "\n".join(lines)
     stack = RunningStack(
         process=process,
+        state_dir=state_dir,
         page_url=_find(r"Page:\s+(http://\S+)", text),
         ws_url=_find(r"WebSocket:\s+(ws://\S+)", text),
         connections_url=_find(r"@connections endpoint:\s+(http://\S+)", text),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import orjson
 import pytest
@@ -342,3 +343,77 @@ def test_audio_done_follows_the_last_audio_of_an_item() -> None:
     events = client_events(session.receive_model_event(done, 2))
     assert [e["type"] for e in events] == ["audio", "audio_done"]
     assert events[1]["item_id"] == "item_a"
+
+
+def test_a_flood_is_dropped_with_one_rate_limited_error_a_second() -> None:
+    session = new_session(client_messages_per_second=10, client_message_burst=5)
+    frame = proto.audio_action(b"\x00\x00" * 10)
+    results = [session.receive_client_frame(frame, 0) for _ in range(20)]
+    assert sum(1 for r in results if model_events(r)) == 5  # the burst
+    errors = [e for r in results for e in client_events(r)]
+    assert [e["code"] for e in errors] == ["rate_limited"]
+    assert session.dropped_for_rate == 15
+    # Tokens come back at the configured rate: 100 ms later, one more frame goes through.
+    assert model_events(session.receive_client_frame(frame, 100))
+    assert session.receive_client_frame(frame, 101) == []  # dropped, error already sent
+
+
+def test_the_call_ends_cleanly_at_the_duration_limit() -> None:
+    session = new_session(max_call_ms=60_000, keepalive_interval_ms=10**9)
+    assert session.next_deadline_ms() == 60_000
+    assert session.tick(59_999) == []
+    commands = session.tick(60_000)
+    assert client_events(commands) == [{"type": "session_ended", "reason": "max_duration"}]
+    assert commands[-1] == EndSession("max_duration") and session.ended
+
+
+def test_ending_tells_a_caller_who_is_still_there() -> None:
+    session = new_session()
+    commands = session.end("worker_shutdown", 5)
+    assert client_events(commands) == [{"type": "session_ended", "reason": "worker_shutdown"}]
+    assert commands[-1].caller_present
+
+
+def test_settings_refuse_nonsense_limits() -> None:
+    with pytest.raises(ValueError, match="MAX_CALL_SECONDS"):
+        BridgeSettings(max_call_ms=0)
+    with pytest.raises(ValueError, match="CLIENT_MESSAGES_PER_SECOND"):
+        BridgeSettings(client_messages_per_second=0)
+
+
+_FRAME_PARTS = st.one_of(
+    st.text(max_size=200),
+    st.binary(max_size=200),
+    st.dictionaries(
+        st.sampled_from(["action", "audio", "text", "played_ms", "item_id", "seq", "x"]),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(),
+            st.text(max_size=40),
+            st.sampled_from(["audio", "text", "interrupt", "ping", "AAAA", "AA==", "!!"]),
+            st.lists(st.integers(), max_size=3),
+        ),
+        max_size=5,
+    ).map(json.dumps),  # the stdlib: big integers and NaN, which a client may well send
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(frames=st.lists(_FRAME_PARTS, max_size=12))
+def test_fuzzed_frames_never_crash_and_never_stop_good_audio(frames: list) -> None:
+    session = new_session()
+    for i, frame in enumerate(frames):
+        for command in session.receive_client_frame(frame, i):
+            if isinstance(command, SendToClient):
+                event = orjson.loads(command.payload)
+                assert event["type"] in {"error", "pong"} or event["type"] == "session_ended"
+            else:
+                assert isinstance(command, SendToModel)
+                CLIENT_EVENT.validate_python(command.event)
+    pcm = pcm_of(480)
+    good = session.receive_client_frame(proto.audio_action(pcm), 10_000)
+    assert [base64.b64decode(e["audio"]) for e in model_events(good)][-1:] == [pcm] or any(
+        e.get("code") == "audio_gap" for e in client_events(good)
+    )

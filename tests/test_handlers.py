@@ -109,3 +109,33 @@ def test_disconnect_deletes_the_row_and_queues_a_close(stack) -> None:
     assert "Item" not in item
     kinds = [e.kind for e in drain(moto)]
     assert kinds == [EnvelopeKind.OPEN, EnvelopeKind.CLOSE]
+
+
+def test_connect_beyond_the_session_limit_is_refused_with_a_reason(stack) -> None:
+    moto, handlers = stack
+    # moto's state is per process: count the rows other tests left, and allow two more.
+    baseline = handlers["connect"].live_sessions(int(time.time()))
+    limit = baseline + 2
+    with handler_env(moto, MAX_SESSIONS=str(limit)):
+        connect = load_handlers()["connect"]
+    try:
+        statuses = [
+            connect.handler(event("$connect", f"L{i}=", f"lr{i}"), CONTEXT)["statusCode"]
+            for i in range(3)
+        ]
+        assert statuses == [200, 200, 429]
+        refused = connect.handler(event("$connect", "L9=", "lr9"), CONTEXT)
+        assert f"limit {limit}" in refused["body"]
+        # An expired row (DynamoDB deletes late) does not count against the limit.
+        moto.dynamodb.update_item(
+            TableName=moto.resources.table_name,
+            Key={"connectionId": {"S": "L0="}},
+            UpdateExpression="SET #t = :past",
+            ExpressionAttributeNames={"#t": "ttl"},
+            ExpressionAttributeValues={":past": {"N": "1"}},
+        )
+        assert connect.handler(event("$connect", "L3=", "lr3"), CONTEXT)["statusCode"] == 200
+    finally:
+        drain(moto)
+        with handler_env(moto, SESSION_TTL_SECONDS="600"):
+            handlers.update(load_handlers())

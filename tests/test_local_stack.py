@@ -11,6 +11,7 @@ import array
 import asyncio
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,6 +23,7 @@ from pathlib import Path
 import orjson
 import pytest
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from emulators.realtime import expected_replies
 from tests.local_stack_process import REPO, RunningStack, local_stack
@@ -229,3 +231,40 @@ def _is_zombie(pid: str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
     except OSError:
         return True
+
+
+def test_connects_without_a_valid_token_are_refused_at_the_handshake(
+    stack: RunningStack,
+) -> None:
+    base = stack.ws_url.split("?")[0]
+
+    async def status(url: str) -> int:
+        try:
+            async with connect(url):
+                return 101
+        except InvalidStatus as refused:
+            return refused.response.status_code
+
+    assert asyncio.run(status(base)) == 401
+    assert asyncio.run(status(base + "?token=not.a.token")) == 403
+    assert asyncio.run(status(stack.ws_url)) == 101
+
+
+def test_voice_agent_token_mints_a_url_that_connects(stack: RunningStack) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "voice_agent.cli", "token", "--local", "--ttl", "60"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "VOICE_AGENT_STATE_DIR": stack.state_dir},
+    )
+    assert done.returncode == 0, done.stderr
+    url = re.search(r"WebSocket: (ws://\S+)", done.stdout).group(1)
+    assert url != stack.ws_url and "token=" in url
+
+    async def ready() -> str:
+        async with connect(url) as ws:
+            return orjson.loads(await asyncio.wait_for(ws.recv(), timeout=10))["type"]
+
+    assert asyncio.run(ready()) == "ready"

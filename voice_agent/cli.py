@@ -3,6 +3,7 @@
 - ``voice-agent local [--port N]``: the local stack (no AWS account, no internet).
 - ``voice-agent call URL --wav in.wav --out reply.wav``: a command-line caller and smoke test.
 - ``voice-agent cost --stack NAME``: dollars per call-minute of a stack, itemised.
+- ``voice-agent token --local | --stack NAME``: a connect token and a ready URL.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from voice_agent import cost
+from voice_agent import cost, token_command
 from wire import realtime as rt
 
 
@@ -44,6 +45,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="downlink PCM bytes per message (default 4800 = 100 ms)",
     )
     local.add_argument(
+        "--max-sessions",
+        type=int,
+        default=100,
+        help="concurrent calls $connect admits, as the stack's maxSessions (0 = no limit)",
+    )
+    local.add_argument(
         "--log-level",
         default="WARNING",
         help="log level of handlers and worker (JSON lines on stderr)",
@@ -69,9 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cost.add_arguments(commands.add_parser("cost", help="dollars per call-minute of a stack"))
 
+    token_command.add_arguments(
+        commands.add_parser("token", help="mint a connect token and print a ready URL")
+    )
+
     args = parser.parse_args(argv)
     if args.command == "cost":
         return cost.run(args)
+    if args.command == "token":
+        return token_command.run(args)
     if args.command == "local":
         return _run_local(args)
     return _run_call(args)
@@ -88,6 +101,7 @@ def _run_local(args: argparse.Namespace) -> int:
         openai_api_key=os.environ.get("OPENAI_API_KEY", ""),
         chunk_bytes=args.chunk_bytes,
         log_level=args.log_level,
+        max_sessions=args.max_sessions,
     )
 
     async def serve() -> None:
@@ -103,6 +117,10 @@ def _run_local(args: argparse.Namespace) -> int:
             print(f"  Page:      {urls.page}")
             print(f"  WebSocket: {urls.websocket}")
             print(f"  @connections endpoint: {urls.connections}")
+            print(
+                "  (the token in these URLs opens calls for an hour; "
+                "`voice-agent token --local` mints more)"
+            )
             print("Press Ctrl-C to stop.", flush=True)
             await stop.wait()
             print("stopping...", flush=True)

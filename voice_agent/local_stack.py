@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import urlencode
 
 import boto3
 
 from infra.specs import create_local_resources
 from wire import realtime as rt
+from wire import token as tokens
 
 log = logging.getLogger("voice-agent.local")
 
@@ -37,6 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 STATIC_DIR = REPO_ROOT / "static"
 REGION = "us-east-1"
 STAGE = "local"
+LOCAL_AUDIENCE = tokens.audience_for("local")
 
 
 @dataclass
@@ -51,15 +55,74 @@ class LocalStackOptions:
     log_level: str = "WARNING"
     # Extra environment for worker processes (benchmarks and tests tune the worker here).
     worker_env: dict[str, str] = field(default_factory=dict)
+    # Concurrent calls $connect admits (0 = no limit), as the stack's maxSessions.
+    max_sessions: int = 100
+    # Lifetime of the token in the printed URLs (`voice-agent token --local` mints more).
+    token_ttl_seconds: int = tokens.MAX_TTL_SECONDS
 
 
 @dataclass
 class LocalStackUrls:
-    page: str
-    websocket: str
+    page: str  # the page, already pointed at the WebSocket with a valid token
+    websocket: str  # the WebSocket URL with a valid token
+    websocket_base: str  # without a token: connects are refused (401)
     connections: str
     realtime: str
     moto: str
+
+
+def state_file() -> Path:
+    """Where a running local stack leaves what `voice-agent token --local` needs (local only:
+    the signing key of a throwaway stack on this machine). Tests point
+    ``VOICE_AGENT_STATE_DIR`` elsewhere so their stacks never replace a user's."""
+    directory = os.environ.get("VOICE_AGENT_STATE_DIR") or REPO_ROOT / ".local-stack"
+    return Path(directory) / "state.json"
+
+
+@dataclass(frozen=True)
+class LocalState:
+    websocket_base: str
+    page_base: str
+    audience: str
+    secret: str
+
+    def url_with_token(self, ttl_seconds: int, subject: str | None = None) -> str:
+        token = tokens.mint(
+            self.secret.encode(), self.audience, ttl_seconds=ttl_seconds, subject=subject
+        )
+        return with_token(self.websocket_base, token)
+
+    def save(self) -> None:
+        path = state_file()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(asdict(self)))
+
+    def forget(self) -> None:
+        """Remove the state file if it is still this stack's."""
+        try:
+            if LocalState.load() == self:
+                state_file().unlink()
+        except (FileNotFoundError, OSError):
+            pass
+
+    @classmethod
+    def load(cls) -> LocalState:
+        path = state_file()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError):
+            raise FileNotFoundError(
+                f"no running local stack found ({path}); start one with `python3 dev.py local`"
+            ) from None
+
+
+def with_token(websocket_url: str, token: str) -> str:
+    return f"{websocket_url}?{urlencode({'token': token})}"
+
+
+def page_url(page_base: str, websocket_url: str) -> str:
+    return f"{page_base}?{urlencode({'ws': websocket_url})}"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,6 +142,7 @@ class LocalStack:
         self._gateway: Any = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self.urls: LocalStackUrls | None = None
+        self.state: LocalState | None = None
 
     async def start(self) -> LocalStackUrls:
         opts = self.options
@@ -89,15 +153,26 @@ class LocalStack:
         )
         os.environ["SESSIONS_TABLE"] = resources.table_name
         os.environ["AUDIO_QUEUE_URL"] = resources.queue_url
+        os.environ["MAX_SESSIONS"] = str(opts.max_sessions)
         os.environ.setdefault("LOG_LEVEL", opts.log_level)
+        signing_secret = self._create_auth_secret()
 
         realtime_url = await self._start_realtime()
         gateway = self._build_gateway()
         await gateway.start(host=opts.host, port=opts.port)
         self._gateway = gateway
+        self.state = LocalState(
+            websocket_base=gateway.ws_url,
+            page_base=gateway.page_url,
+            audience=LOCAL_AUDIENCE,
+            secret=signing_secret,
+        )
+        self.state.save()
+        websocket = self.state.url_with_token(opts.token_ttl_seconds)
         self.urls = LocalStackUrls(
-            page=f"{gateway.page_url}?ws={quote(gateway.ws_url, safe='')}",
-            websocket=gateway.ws_url,
+            page=page_url(gateway.page_url, websocket),
+            websocket=websocket,
+            websocket_base=gateway.ws_url,
             connections=gateway.connections_endpoint_url,
             realtime=realtime_url,
             moto=moto_url,
@@ -122,6 +197,8 @@ class LocalStack:
             await self._realtime.stop()
         if self._moto is not None:
             self._moto.stop()
+        if self.state is not None:
+            self.state.forget()
 
     @property
     def worker_processes(self) -> list[subprocess.Popen[bytes]]:
@@ -150,10 +227,22 @@ class LocalStack:
                 "AWS_REGION": REGION,
                 "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
                 "AWS_ENDPOINT_URL_SQS": moto_url,
+                "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_url,  # service id "Secrets Manager"
             }
         )
         os.environ.pop("AWS_PROFILE", None)
         os.environ.pop("AWS_SESSION_TOKEN", None)
+
+    @staticmethod
+    def _create_auth_secret() -> str:
+        """The token signing key, in (moto's) Secrets Manager as in a deployed stack."""
+        value = secrets.token_urlsafe(32)
+        created = boto3.client("secretsmanager", region_name=REGION).create_secret(
+            Name=f"voice-agent-local-connect-token-{secrets.token_hex(4)}", SecretString=value
+        )
+        os.environ["AUTH_SECRET_ARN"] = created["ARN"]
+        os.environ["TOKEN_AUDIENCE"] = LOCAL_AUDIENCE
+        return value
 
     async def _start_realtime(self) -> str:
         if self.options.openai_api_key:
@@ -172,7 +261,13 @@ class LocalStack:
             "$default": importlib.import_module("handlers.default").handler,
             "$disconnect": importlib.import_module("handlers.disconnect").handler,
         }
-        return ApiGatewayEmulator(routes=routes, stage=STAGE, static_dir=STATIC_DIR)
+        return ApiGatewayEmulator(
+            routes=routes,
+            authorizer=importlib.import_module("handlers.authorize").handler,
+            authorizer_identity_sources=["route.request.querystring.token"],
+            stage=STAGE,
+            static_dir=STATIC_DIR,
+        )
 
     def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
         assert self.urls is not None

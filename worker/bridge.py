@@ -86,9 +86,7 @@ class LiveCall:
 
     def end(self, reason: str) -> None:
         """End the call from the worker's side, telling the caller why if it is still there."""
-        if reason not in _CALLER_LEFT:
-            self.downlink.send(proto.session_ended_event(reason))
-        self.apply(self.core.end(reason))
+        self.apply(self.core.end(reason, monotonic_ms()))
 
     def apply(self, commands: list[Command]) -> None:
         for command in commands:
@@ -97,8 +95,13 @@ class LiveCall:
             elif isinstance(command, SendToModel):
                 self.link.send(command.event)
             elif isinstance(command, EndSession):
-                self._end(command.reason)
+                self._end(command)
                 return
+        if self.downlink.backlog > _MAX_DOWNLINK_BACKLOG:
+            # The caller stopped reading (API Gateway holds what it cannot deliver): end the
+            # call rather than hold ever more audio for it.
+            self.apply(self.core.end("client_not_reading", monotonic_ms()))
+            return
         self._schedule_tick()
 
     def _schedule_tick(self) -> None:
@@ -110,7 +113,8 @@ class LiveCall:
             # asyncio's clock is time.monotonic, the clock of monotonic_ms.
             self._timer = asyncio.get_running_loop().call_at(deadline / 1000, self._tick)
 
-    def _end(self, reason: str) -> None:
+    def _end(self, command: EndSession) -> None:
+        reason = command.reason
         if self._closed:
             return
         self._closed = True
@@ -118,8 +122,7 @@ class LiveCall:
             self._timer.cancel()
         self.bridge.forget(self.connection_id)
         log.info("call ended", extra={"connection_id": self.connection_id, "reason": reason})
-        caller_present = reason not in _CALLER_LEFT
-        self.bridge.track(self._close_transports(caller_present))
+        self.bridge.track(self._close_transports(command.caller_present))
 
     async def _close_transports(self, caller_present: bool) -> None:
         await self.link.close()
@@ -133,8 +136,9 @@ class LiveCall:
 # Enough to cover a visibility timeout's worth of frames (10 s at 10 frames/s) many times.
 _RECENT_REQUESTS = 1024
 
-# End reasons after which nobody is there to tell.
-_CALLER_LEFT = frozenset({"caller_gone", "caller_disconnected"})
+# Downlink messages waiting for one caller before the call is given up: ~50 s of audio at
+# 100 ms per message, far beyond any network hiccup.
+_MAX_DOWNLINK_BACKLOG = 500
 
 
 class Bridge:

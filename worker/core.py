@@ -47,9 +47,18 @@ class SendToModel:
 
 @dataclass(frozen=True, slots=True)
 class EndSession:
-    """The call is over: close the model socket and forget the session."""
+    """The call is over: close the model socket and forget the session. If the caller is
+    still connected, its WebSocket is closed after what was queued for it is sent."""
 
     reason: str
+
+    @property
+    def caller_present(self) -> bool:
+        return self.reason not in CALLER_LEFT
+
+
+# End reasons after which nobody is on the line to tell.
+CALLER_LEFT = frozenset({"caller_gone", "caller_disconnected"})
 
 
 Command = SendToClient | SendToModel | EndSession
@@ -72,15 +81,28 @@ class BridgeSettings:
     keepalive_interval_ms: int = 300_000
     # How long an out-of-order uplink frame waits for the ones before it.
     uplink_gap_wait_ms: int = 200
+    # The call ends cleanly after this long: before OpenAI's 60-minute session limit and
+    # API Gateway's 2-hour cut, either of which would end it abruptly.
+    max_call_ms: int = 3_300_000
+    # Client frames per second a caller may send (a token bucket); more are dropped with a
+    # rate_limited error. 100 ms audio frames are 10 a second.
+    client_messages_per_second: float = 50.0
+    client_message_burst: int = 100
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 or self.chunk_bytes % 2:
-            raise ValueError(f"chunk_bytes must be a positive even number, got {self.chunk_bytes}")
+            raise ValueError(
+                f"AUDIO_CHUNK_BYTES must be a positive even number, got {self.chunk_bytes}"
+            )
         if self.chunk_bytes > proto.MAX_DOWNLINK_PCM_BYTES:
             raise ValueError(
-                f"chunk_bytes {self.chunk_bytes} exceeds {proto.MAX_DOWNLINK_PCM_BYTES}, the "
+                f"AUDIO_CHUNK_BYTES {self.chunk_bytes} exceeds {proto.MAX_DOWNLINK_PCM_BYTES}, the "
                 "largest PCM that fits one 32 KB WebSocket frame as base64 JSON"
             )
+        if self.max_call_ms <= 0:
+            raise ValueError(f"MAX_CALL_SECONDS must be positive, got {self.max_call_ms // 1000}")
+        if self.client_messages_per_second <= 0 or self.client_message_burst < 1:
+            raise ValueError("CLIENT_MESSAGES_PER_SECOND and CLIENT_MESSAGE_BURST must be positive")
 
 
 @dataclass(slots=True)
@@ -190,6 +212,11 @@ class BridgeSession:
         self._assistant: AssistantAudio | None = None
         self._pending_truncation: PendingTruncation | None = None
         self._last_downlink_ms = now_ms
+        self._started_ms = now_ms
+        self._rate_tokens = float(self.settings.client_message_burst)
+        self._rate_checked_ms = now_ms
+        self._rate_error_sent_ms: int | None = None
+        self.dropped_for_rate = 0
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -201,6 +228,8 @@ class BridgeSession:
         """One frame from the caller, exactly as the WebSocket delivered it."""
         if self.ended:
             return []
+        if not self._take_rate_token(now_ms):
+            return self._rate_limited(now_ms)
         try:
             message = proto.parse_client_frame(frame)
         except ProtocolError as exc:
@@ -239,13 +268,18 @@ class BridgeSession:
         if pending is not None and now_ms >= pending.deadline_ms:
             out.extend(self._truncate(pending.item.estimated_played_ms(now_ms)))
         out.extend(self._to_model_audio(*self.uplink.expire(now_ms), now_ms))
+        if now_ms - self._started_ms >= self.settings.max_call_ms:
+            return [*out, *self.end("max_duration", now_ms)]
         if now_ms - self._last_downlink_ms >= self.settings.keepalive_interval_ms:
             out.append(self._to_client(proto.keepalive_event(), now_ms))
         return out
 
     def next_deadline_ms(self) -> int | None:
         """When ``tick`` next has something to do; None if nothing is scheduled."""
-        deadlines = [self._last_downlink_ms + self.settings.keepalive_interval_ms]
+        deadlines = [
+            self._last_downlink_ms + self.settings.keepalive_interval_ms,
+            self._started_ms + self.settings.max_call_ms,
+        ]
         item = self._assistant
         if item is not None and item.pending_since_ms is not None:
             deadlines.append(item.pending_since_ms + self.settings.max_hold_ms)
@@ -255,14 +289,42 @@ class BridgeSession:
             deadlines.append(self.uplink.gap_deadline_ms)
         return min(deadlines) if not self.ended else None
 
-    def end(self, reason: str) -> list[Command]:
-        """End the call from our side (caller gone, shutdown, limits)."""
+    def end(self, reason: str, now_ms: int = 0) -> list[Command]:
+        """End the call (caller gone, shutdown, limits), telling the caller why if it is
+        still there."""
         if self.ended:
             return []
+        out: list[Command] = []
+        command = EndSession(reason)
+        if command.caller_present:
+            out.append(self._to_client(proto.session_ended_event(reason), now_ms))
         self.ended = True
-        return [EndSession(reason)]
+        return [*out, command]
 
     # --- client messages ------------------------------------------------------------------
+
+    def _take_rate_token(self, now_ms: int) -> bool:
+        rate = self.settings.client_messages_per_second
+        elapsed_s = max(0, now_ms - self._rate_checked_ms) / 1000
+        self._rate_checked_ms = now_ms
+        self._rate_tokens = min(
+            float(self.settings.client_message_burst), self._rate_tokens + elapsed_s * rate
+        )
+        if self._rate_tokens < 1:
+            return False
+        self._rate_tokens -= 1
+        return True
+
+    def _rate_limited(self, now_ms: int) -> list[Command]:
+        self.dropped_for_rate += 1
+        # One error a second at most: a flood must not become a downlink flood.
+        last = self._rate_error_sent_ms
+        if last is not None and now_ms - last < 1000:
+            return []
+        self._rate_error_sent_ms = now_ms
+        limit = self.settings.client_messages_per_second
+        message = f"more than {limit:g} messages a second; excess messages are dropped"
+        return [self._to_client(proto.error_event(ErrorCode.RATE_LIMITED, message), now_ms)]
 
     def _on_audio(self, message: proto.AudioIn, now_ms: int) -> list[Command]:
         if message.seq is None:

@@ -58,10 +58,20 @@ class WorkerSettings:
             voice=env.get("REALTIME_VOICE") or defaults.voice,
             instructions=env.get("REALTIME_INSTRUCTIONS") or defaults.instructions,
         )
+        defaults_bridge = BridgeSettings()
         try:
-            bridge = BridgeSettings(chunk_bytes=integer("AUDIO_CHUNK_BYTES", 4_800))
+            bridge = BridgeSettings(
+                chunk_bytes=integer("AUDIO_CHUNK_BYTES", defaults_bridge.chunk_bytes),
+                max_call_ms=1000 * integer("MAX_CALL_SECONDS", defaults_bridge.max_call_ms // 1000),
+                client_messages_per_second=integer(
+                    "CLIENT_MESSAGES_PER_SECOND", int(defaults_bridge.client_messages_per_second)
+                ),
+                client_message_burst=integer(
+                    "CLIENT_MESSAGE_BURST", defaults_bridge.client_message_burst
+                ),
+            )
         except ValueError as exc:
-            raise SettingsError(f"AUDIO_CHUNK_BYTES: {exc}") from None
+            raise SettingsError(str(exc)) from None
         return cls(
             sessions_table=required("SESSIONS_TABLE"),
             audio_queue_url=required("AUDIO_QUEUE_URL"),
