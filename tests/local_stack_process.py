@@ -41,7 +41,7 @@ def local_stack(
     }
     environment.pop("OPENAI_API_KEY", None)  # the emulator, never the real service
     # LOCAL_STACK_STDERR=path keeps the stack's logs (JSON lines) for debugging a failure.
-    stderr = open(os.environ.get("LOCAL_STACK_STDERR", os.devnull), "a")  # noqa: SIM115
+    stderr = open(environment.get("LOCAL_STACK_STDERR", os.devnull), "a")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "voice_agent.cli", "local", "--port", "0", *args],
         cwd=REPO,

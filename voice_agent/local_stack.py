@@ -108,7 +108,11 @@ class LocalState:
 
     @classmethod
     def load(cls) -> LocalState:
-        path = state_file()
+        return cls.load_from(state_file().parent)
+
+    @classmethod
+    def load_from(cls, directory: Path) -> LocalState:
+        path = directory / "state.json"
         try:
             return cls(**json.loads(path.read_text()))
         except (OSError, ValueError, TypeError):
