@@ -4,6 +4,7 @@
 - ``voice-agent call URL --wav in.wav --out reply.wav``: a command-line caller and smoke test.
 - ``voice-agent cost --stack NAME``: dollars per call-minute of a stack, itemised.
 - ``voice-agent token --local | --stack NAME``: a connect token and a ready URL.
+- ``voice-agent bench [--quick] [--json] [--out DIR]``: latency, capacity, cold start.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import statistics
 import sys
 from collections.abc import Sequence
 
-from voice_agent import cost, token_command
+from voice_agent import bench, cost, token_command
 from wire import realtime as rt
 
 
@@ -80,7 +81,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         commands.add_parser("token", help="mint a connect token and print a ready URL")
     )
 
+    bench.add_arguments(commands.add_parser("bench", help="measure the voice path locally"))
+
     args = parser.parse_args(argv)
+    if args.command == "bench":
+        return bench.run(args)
     if args.command == "cost":
         return cost.run(args)
     if args.command == "token":
