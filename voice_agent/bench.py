@@ -967,7 +967,9 @@ async def capacity_level(
     while all of them were streaming."""
     period_s = turn_period_ms() / 1000
     stagger_s = min(10.0, max(period_s, calls * 0.02))
-    turns = math.ceil((stagger_s + 5 + settings.level_seconds) / period_s)
+    # Room for the connects and model sessions to open before the measured window.
+    slack_s = min(5.0, settings.level_seconds)
+    turns = math.ceil((stagger_s + slack_s + settings.level_seconds) / period_s)
     script = speech_script(turns)
     meter = CpuMeter({"worker": stack.worker_pid, "stack": stack.pid, "bench": os.getpid()})
     meter.start()
