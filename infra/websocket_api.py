@@ -11,6 +11,7 @@ from infra import iam
 from infra.aws_context import AwsContext
 from infra.config import StackConfig
 from infra.functions import HandlerFunctions
+from infra.guardrails import execution_log_group_name
 from infra.log_groups import log_group
 
 STAGE_NAME = "live"
@@ -109,6 +110,16 @@ class WebSocketApi(pulumi.ComponentResource):
             kms_key_arn=logs_key_arn,
             opts=child,
         )
+        # Execution logs (ERROR level) go to a group API Gateway would otherwise create on
+        # first use, with no retention and no key of ours; the stage must find it in place.
+        execution_logs = log_group(
+            f"{name}-execution-logs",
+            log_group_name=api.id.apply(lambda i: execution_log_group_name(i, STAGE_NAME)),
+            config=config,
+            kms_key_arn=logs_key_arn,
+            opts=child,
+        )
+        stage_depends.append(execution_logs)
         stage = aws.apigatewayv2.Stage(
             f"{name}-stage",
             api_id=api.id,

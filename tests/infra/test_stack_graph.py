@@ -198,7 +198,7 @@ def test_every_log_group_has_retention_and_every_function_logs_to_its_own(
             assert function.inputs["loggingConfig"]["logGroup"] == name
         assert container(graph)["logConfiguration"]["options"]["awslogs-group"] in groups
         assert any(name.startswith("/aws/apigateway/") for name in groups)
-        assert len(groups) == 5  # three functions, the worker, the stage
+        assert len(groups) == 6  # three functions, the worker, the stage (access, execution)
 
 
 def test_provisioned_concurrency_only_when_configured(dev: Graph, prod: Graph) -> None:
@@ -415,7 +415,7 @@ def test_hipaa_mode_encrypts_everything_with_rotating_customer_keys(hipaa_stack:
     assert graph.one("aws:ecr/repository:Repository").inputs["encryptionConfigurations"] == [
         {"encryptionType": "KMS", "kmsKey": data}]  # fmt: skip
     groups = graph.of_type("aws:cloudwatch/logGroup:LogGroup")
-    assert len(groups) == 5 and all(g.inputs["kmsKeyId"] == logs for g in groups)
+    assert len(groups) == 6 and all(g.inputs["kmsKeyId"] == logs for g in groups)
     # The logs key lets the CloudWatch Logs service use it, for this account's log groups only.
     region = graph.one("pulumi:providers:aws").inputs["region"]
     statements = json.loads(keys["keys-logs"].inputs["policy"])["Statement"]
