@@ -43,21 +43,70 @@ def test_identity_policies_pass_parliament_without_findings(any_stack: Graph) ->
         assert not findings, f"{name}: {[(f.issue, f.detail) for f in findings]}"
 
 
+# The only "*" a resource ARN may hold, each where AWS names things the program can't know:
+# the streams of one log group, the network interfaces Lambda creates in the VPC, and the
+# connections of one stage.
+ARN_WILDCARD_SUFFIXES = (
+    re.compile(r":log-group:[^*:]+:\*$"),
+    re.compile(r":network-interface/\*$"),
+    re.compile(r":[a-z0-9]+/[a-z]+/(POST|GET|DELETE)/@connections/\*$"),
+)
+
+
+def wildcard_problems(policy: dict, region: str) -> list[str]:
+    """Every grant broader than least privilege: ``*`` actions, ``*`` resources beyond
+    ``iam.WILDCARD_RESOURCE_ACTIONS``, wildcards in ARNs beyond ``ARN_WILDCARD_SUFFIXES``,
+    and ARNs outside this stack's account and region."""
+    problems = []
+    for stmt in statements(policy):
+        if stmt["Effect"] != "Allow":
+            problems.append(f"unexpected effect {stmt['Effect']}")
+        problems += [f"wildcard action {a}" for a in stmt["Action"] if "*" in a]
+        if "*" in stmt["Resource"]:
+            if stmt["Resource"] != ["*"]:
+                problems.append(f"'*' beside other resources: {stmt['Resource']}")
+            broad = set(stmt["Action"]) - set(iam.WILDCARD_RESOURCE_ACTIONS)
+            problems += [f"{a} on Resource '*'" for a in sorted(broad)]
+            continue
+        for arn in stmt["Resource"]:
+            # Everything is this stack's own resource, in its account and region.
+            if not re.match(rf"arn:aws:[a-z0-9-]+:{region}:{ACCOUNT}:[^*]+", arn):
+                problems.append(f"{arn} is not in this account and region")
+            elif "*" in arn and not any(p.search(arn) for p in ARN_WILDCARD_SUFFIXES):
+                problems.append(f"wildcard resource {arn}")
+    return problems
+
+
 def test_no_wildcard_action_and_no_wildcard_resource_beyond_the_named_exceptions(
     any_stack: Graph,
 ) -> None:
     region = any_stack.one("pulumi:providers:aws").inputs["region"]
     for name, policy in identity_policies(any_stack).items():
-        for stmt in statements(policy):
-            assert stmt["Effect"] == "Allow"
-            assert not any("*" in a for a in stmt["Action"]), f"{name}: {stmt['Action']}"
-            if "*" in stmt["Resource"]:
-                assert stmt["Resource"] == ["*"]
-                assert set(stmt["Action"]) <= set(iam.WILDCARD_RESOURCE_ACTIONS), name
-                continue
-            for arn in stmt["Resource"]:
-                # Everything is this stack's own resource, in its account and region.
-                assert re.match(rf"arn:aws:[a-z0-9-]+:{region}:{ACCOUNT}:.+", arn), (name, arn)
+        assert wildcard_problems(policy, region) == [], name
+
+
+@pytest.mark.parametrize(
+    ("sid", "field", "injected"),
+    [
+        ("ConsumeAudioQueue", "Action", "sqs:*"),
+        ("ConsumeAudioQueue", "Action", "*"),
+        ("ConsumeAudioQueue", "Action", "sqs:Receive*"),
+        ("SessionTable", "Resource", "*"),
+        ("SessionTable", "Resource", "arn:aws:dynamodb:us-west-2:123456789012:table/*"),
+        ("ConsumeAudioQueue", "Resource", "arn:aws:sqs:us-west-2:123456789012:*"),
+        ("ConsumeAudioQueue", "Resource", "arn:aws:sqs:*:123456789012:voice-agent-prod-audio"),
+        ("PostToCallers", "Resource",
+         "arn:aws:execute-api:us-west-2:123456789012:*/live/POST/@connections/*"),
+    ],
+)  # fmt: skip
+def test_the_check_catches_a_wildcard_that_creeps_in(
+    prod: Graph, sid: str, field: str, injected: str
+) -> None:
+    policy = identity_policies(prod)["worker-task-policy"]
+    assert wildcard_problems(policy, "us-west-2") == []
+    [stmt] = [s for s in statements(policy) if s.get("Sid") == sid]
+    stmt[field] = [*stmt[field], injected]
+    assert wildcard_problems(policy, "us-west-2"), f"{injected} in {sid} went unnoticed"
 
 
 def test_the_wildcard_exceptions_are_few_and_justified() -> None:
