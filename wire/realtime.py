@@ -148,5 +148,17 @@ def user_text_item(text: str) -> dict[str, Any]:
     }
 
 
+def assistant_text_item(text: str) -> dict[str, Any]:
+    """A past assistant turn, restored as text into a new model session."""
+    return {
+        "type": "conversation.item.create",
+        "item": {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text}],
+        },
+    }
+
+
 def response_create() -> dict[str, Any]:
     return {"type": "response.create"}

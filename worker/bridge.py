@@ -40,6 +40,8 @@ class LiveCall:
             api_key=settings.openai_api_key,
             on_event=self._model_event,
             on_closed=self._model_closed,
+            on_reconnected=self._model_reconnected,
+            backoff_s=settings.model_reconnect_backoff_s,
         )
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -65,6 +67,13 @@ class LiveCall:
 
     def _model_event(self, event: dict[str, Any]) -> None:
         self.apply(self.core.receive_model_event(event, monotonic_ms()))
+
+    def _model_reconnected(self) -> list[dict[str, Any]]:
+        """The events a replacement model session starts with (the rest of the core's
+        output, e.g. a notice to the caller, is applied as usual)."""
+        commands = self.core.model_reconnected(monotonic_ms())
+        self.apply([c for c in commands if not isinstance(c, SendToModel)])
+        return [c.event for c in commands if isinstance(c, SendToModel)]
 
     def _model_closed(self, error: BaseException | None) -> None:
         log.warning(

@@ -88,6 +88,9 @@ class BridgeSettings:
     # rate_limited error. 100 ms audio frames are 10 a second.
     client_messages_per_second: float = 50.0
     client_message_burst: int = 100
+    # Turns of the conversation kept (as text) to restore into a new model session after
+    # the model socket is lost; older turns are forgotten first.
+    history_turns: int = 50
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 or self.chunk_bytes % 2:
@@ -217,12 +220,32 @@ class BridgeSession:
         self._rate_checked_ms = now_ms
         self._rate_error_sent_ms: int | None = None
         self.dropped_for_rate = 0
+        # The conversation as text, (role, text) per finished turn: what a new model session
+        # is given when the old one is lost (audio cannot be restored; the words can).
+        self.history: list[tuple[str, str]] = []
 
     # --- inputs ---------------------------------------------------------------------------
 
     def open(self) -> list[Command]:
         """Commands that start the model session; the first thing sent on the socket."""
         return [SendToModel(rt.session_update(self.session_config))]
+
+    def model_reconnected(self, now_ms: int) -> list[Command]:
+        """A new model session replaces a lost one: configure it and restore the
+        conversation so far, so the agent remembers what was said."""
+        out: list[Command] = [SendToModel(rt.session_update(self.session_config))]
+        for role, text in self.history:
+            item = rt.user_text_item(text) if role == "user" else rt.assistant_text_item(text)
+            out.append(SendToModel(item))
+        # Whatever the old session was saying is gone: stop waiting on it.
+        self.response_active = False
+        self._pending_truncation = None
+        item_state = self._assistant
+        if item_state is not None and not item_state.generation_done:
+            item_state.interrupted = True
+            item_state.pending.clear()
+            item_state.pending_since_ms = None
+        return out
 
     def receive_client_frame(self, frame: str | bytes, now_ms: int) -> list[Command]:
         """One frame from the caller, exactly as the WebSocket delivered it."""
@@ -344,6 +367,7 @@ class BridgeSession:
         return out
 
     def _on_text(self, message: proto.TextIn) -> list[Command]:
+        self._remember("user", message.text)
         out: list[Command] = []
         if self.response_active:
             out.append(SendToModel(rt.response_cancel()))
@@ -450,13 +474,20 @@ class BridgeSession:
         return self._transcript("assistant", event, "delta", final=False, now_ms=now_ms)
 
     def _on_output_transcript_done(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self._remember("assistant", event.get("transcript"))
         return self._transcript("assistant", event, "transcript", final=True, now_ms=now_ms)
 
     def _on_input_transcript_delta(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         return self._transcript("user", event, "delta", final=False, now_ms=now_ms)
 
     def _on_input_transcript_completed(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self._remember("user", event.get("transcript"))
         return self._transcript("user", event, "transcript", final=True, now_ms=now_ms)
+
+    def _remember(self, role: str, text: Any) -> None:
+        if isinstance(text, str) and text.strip():
+            self.history.append((role, text))
+            del self.history[: -self.settings.history_turns]
 
     # --- mechanics ------------------------------------------------------------------------
 

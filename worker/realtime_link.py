@@ -1,7 +1,9 @@
-"""Transport: one WebSocket to the OpenAI Realtime API (or Azure OpenAI, or the emulator).
+"""Transport: the WebSocket to the OpenAI Realtime API (or Azure OpenAI, or the emulator).
 
 Events sent before the socket is open wait in order and go out first thing, so the
-session core never has to know whether the model is connected yet.
+session core never has to know whether the model is connected yet. A socket that drops
+or fails is replaced with backoff; each replacement first sends what ``on_reconnected``
+returns (the session configuration and the conversation so far), then the waiting events.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from typing import Any
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from wire import realtime as rt
 
@@ -23,6 +24,8 @@ log = logging.getLogger("voice-agent.worker.realtime")
 # size cap on what we read; outbound appends are at most 16 KB of PCM each.
 _MAX_MESSAGE_BYTES = None
 _OPEN_TIMEOUT_S = 10
+# Pauses before each reconnect attempt; after the last one the call is given up.
+RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 4.0)
 
 
 class RealtimeLink:
@@ -36,11 +39,16 @@ class RealtimeLink:
         api_key: str,
         on_event: Callable[[dict[str, Any]], None],
         on_closed: Callable[[BaseException | None], None],
+        on_reconnected: Callable[[], list[dict[str, Any]]] = list,
+        backoff_s: tuple[float, ...] = RECONNECT_BACKOFF_S,
     ) -> None:
         self._url = rt.connect_url(base_url, model)
         self._headers = rt.auth_headers(api_key)
         self._on_event = on_event
         self._on_closed = on_closed
+        self._on_reconnected = on_reconnected
+        self._backoff_s = backoff_s
+        self.reconnects = 0
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -64,25 +72,45 @@ class RealtimeLink:
 
     async def _run(self) -> None:
         error: BaseException | None = None
-        try:
-            async with connect(
-                self._url,
-                additional_headers=self._headers,
-                max_size=_MAX_MESSAGE_BYTES,
-                compression=None,  # audio does not compress; deflate only costs CPU
-                open_timeout=_OPEN_TIMEOUT_S,
-            ) as socket:
-                writer = asyncio.create_task(self._write(socket))
-                try:
-                    await self._read(socket)
-                finally:
-                    writer.cancel()
-        except asyncio.CancelledError:
-            raise
-        except (OSError, ConnectionClosed, TimeoutError, Exception) as exc:  # noqa: BLE001
-            error = exc
-        if not self._closing:
-            self._on_closed(error)
+        failures = 0
+        connected_before = False
+        while True:
+            try:
+                async with connect(
+                    self._url,
+                    additional_headers=self._headers,
+                    max_size=_MAX_MESSAGE_BYTES,
+                    compression=None,  # audio does not compress; deflate only costs CPU
+                    open_timeout=_OPEN_TIMEOUT_S,
+                ) as socket:
+                    failures = 0
+                    if connected_before:
+                        self.reconnects += 1
+                        log.info("model socket reconnected", extra={"reconnects": self.reconnects})
+                        for event in self._on_reconnected():
+                            await socket.send(orjson.dumps(event).decode())
+                    connected_before = True
+                    writer = asyncio.create_task(self._write(socket))
+                    try:
+                        await self._read(socket)
+                    finally:
+                        writer.cancel()
+                error = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure of the socket is retried
+                error = exc
+            if self._closing:
+                return
+            if failures >= len(self._backoff_s):
+                break
+            log.warning(
+                "model socket lost; reconnecting",
+                extra={"attempt": failures + 1, "error": repr(error) if error else None},
+            )
+            await asyncio.sleep(self._backoff_s[failures])
+            failures += 1
+        self._on_closed(error)
 
     async def _write(self, socket: ClientConnection) -> None:
         while True:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from wire import realtime as rt
 from worker.core import BridgeSettings
+from worker.realtime_link import RECONNECT_BACKOFF_S
 
 
 class SettingsError(ValueError):
@@ -27,6 +28,8 @@ class WorkerSettings:
     # Threads for blocking boto3 calls; also the @connections connection pool size.
     io_threads: int = 64
     health_file: str = "/tmp/worker-heartbeat"
+    # Pauses before each attempt to replace a lost model socket (tests shorten them).
+    model_reconnect_backoff_s: tuple[float, ...] = RECONNECT_BACKOFF_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WorkerSettings:
