@@ -417,3 +417,25 @@ def test_fuzzed_frames_never_crash_and_never_stop_good_audio(frames: list) -> No
     assert [base64.b64decode(e["audio"]) for e in model_events(good)][-1:] == [pcm] or any(
         e.get("code") == "audio_gap" for e in client_events(good)
     )
+
+
+def test_a_new_model_session_is_given_the_conversation_so_far() -> None:
+    session = new_session(history_turns=3)
+    session.receive_model_event(
+        {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u1", "transcript": "book a table"}, 0
+    )
+    session.receive_model_event(
+        {"type": rt.OUTPUT_TRANSCRIPT_DONE, "item_id": "a1", "transcript": "for how many?"}, 0
+    )
+    session.receive_client_frame(proto.text_action("two"), 0)
+    session.receive_client_frame(proto.text_action("at eight"), 0)  # pushes out the oldest
+    play_item(session, "a2", 1000, now=10)  # a reply in progress when the socket drops
+    events = model_events(session.model_reconnected(20))
+    for event in events:
+        CLIENT_EVENT.validate_python(event)
+    assert events[0]["type"] == "session.update"
+    restored = [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in events[1:]]
+    assert restored == [("assistant", "for how many?"), ("user", "two"), ("user", "at eight")]
+    # The old session's reply will never finish: its late audio is dropped, nothing waits.
+    assert client_events(session.receive_model_event(delta("a2", pcm_of(960)), 30)) == []
+    assert not session.response_active
