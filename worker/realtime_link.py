@@ -25,7 +25,7 @@ log = logging.getLogger("voice-agent.worker.realtime")
 _MAX_MESSAGE_BYTES = None
 _OPEN_TIMEOUT_S = 10
 # Pauses before each reconnect attempt; after the last one the call is given up.
-RECONNECT_BACKOFF_S = (0.1, 0.5, 1.0, 2.0, 4.0)
+RECONNECT_BACKOFF_S = (0.0, 0.25, 1.0, 2.0, 4.0)  # a drop is retried at once
 
 
 class RealtimeLink:
