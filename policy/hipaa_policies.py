@@ -30,11 +30,17 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UnknownValueError
 
 from infra import guardrails
+from infra.config import PROJECT
 from infra.guardrails import UNKNOWN, Resource, ResourceRule, StackRule
 
 PACK_NAME = "voice-agent-hipaa"
-PROJECT = "voice-agent"  # infra.config.PROJECT; not imported, the pack needs nothing else
 NOT_HIPAA = f"the stack is not in HIPAA mode ({PROJECT}:hipaa is not true)"
+# Every policy: a violation stops the preview or update.
+POLICY_SETTINGS: Mapping[str, Any] = {
+    "enforcement_level": EnforcementLevel.MANDATORY,
+    "severity": Severity.HIGH,
+    "tags": ["hipaa"],
+}
 
 
 def hipaa_applies(config: Mapping[str, Any]) -> bool:
@@ -90,14 +96,7 @@ def resource_policy(
         for violation in rule(resource):
             report_violation(violation.message, None)  # None: the resource under validation
 
-    return ResourceValidationPolicy(
-        name=rule.name,
-        description=rule.description,
-        validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
-        severity=Severity.HIGH,
-        tags=["hipaa"],
-    )
+    return ResourceValidationPolicy(rule.name, rule.description, validate, **POLICY_SETTINGS)
 
 
 def stack_policy(
@@ -114,14 +113,7 @@ def stack_policy(
         for violation in rule(resources):
             report_violation(violation.message, violation.resource.ref)
 
-    return StackValidationPolicy(
-        name=rule.name,
-        description=rule.description,
-        validate=validate,
-        enforcement_level=EnforcementLevel.MANDATORY,
-        severity=Severity.HIGH,
-        tags=["hipaa"],
-    )
+    return StackValidationPolicy(rule.name, rule.description, validate, **POLICY_SETTINGS)
 
 
 def hipaa_policies(applies: Callable[[], bool] = stack_is_hipaa) -> list[Policy]:
