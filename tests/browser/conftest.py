@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
-from playwright.sync_api import BrowserContext, sync_playwright
+from playwright.sync_api import BrowserContext, Playwright, sync_playwright
 
 from tests.browser.audio_analysis import MicrophoneSignal, write_wav
 from tests.browser.fake_server import FakeVoiceServer, PageConnection
@@ -84,20 +84,42 @@ def ws_url(voice_server: FakeVoiceServer) -> str:
     return voice_server.ws_url
 
 
+def launch_chromium(
+    playwright: Playwright, executable: Path, microphone_wav: Path, profile_dir: Path
+) -> BrowserContext:
+    """Chromium whose fake microphone plays ``microphone_wav``: the file is fixed per browser
+    process, so a test that needs another one launches its own browser with this."""
+    return playwright.chromium.launch_persistent_context(
+        user_data_dir=profile_dir,
+        executable_path=executable,
+        headless=False,  # --headless=new is passed explicitly, with the other flags
+        args=chromium_args(microphone_wav),
+        viewport={"width": 900, "height": 1000},
+    )
+
+
+@pytest.fixture(scope="session")
+def playwright_driver() -> Iterator[Playwright]:
+    """One Playwright per session: the sync API cannot run two at once in a thread."""
+    with sync_playwright() as playwright:
+        yield playwright
+
+
 @pytest.fixture(scope="session")
 def browser_context(
-    chromium_executable: Path, fake_microphone_wav: Path, tmp_path_factory: pytest.TempPathFactory
+    chromium_executable: Path,  # first: skip before starting anything
+    playwright_driver: Playwright,
+    fake_microphone_wav: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[BrowserContext]:
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            user_data_dir=tmp_path_factory.mktemp("chromium-profile"),
-            executable_path=chromium_executable,
-            headless=False,  # --headless=new is passed explicitly, with the other flags
-            args=chromium_args(fake_microphone_wav),
-            viewport={"width": 900, "height": 1000},
-        )
-        yield context
-        context.close()
+    context = launch_chromium(
+        playwright_driver,
+        chromium_executable,
+        fake_microphone_wav,
+        tmp_path_factory.mktemp("chromium-profile"),
+    )
+    yield context
+    context.close()
 
 
 @pytest.fixture(scope="session")
