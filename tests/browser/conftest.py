@@ -98,14 +98,17 @@ def launch_chromium(
     )
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: the sync API keeps an event loop running in this thread
+# until it stops, and the tests after this package call asyncio.run().
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
-    """One Playwright per session: the sync API cannot run two at once in a thread."""
+    """One Playwright for the browser tests: the sync API cannot run two at once in a
+    thread."""
     with sync_playwright() as playwright:
         yield playwright
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser_context(
     chromium_executable: Path,  # first: skip before starting anything
     playwright_driver: Playwright,
