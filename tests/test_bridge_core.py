@@ -273,19 +273,23 @@ def test_client_initiated_interrupt_cancels_and_truncates() -> None:
 
 
 def test_transcripts_of_both_sides_reach_the_client() -> None:
-    session = new_session()
+    session = new_session(transcript_hold_ms=250)
     events = []
     for event in (
         {"type": rt.INPUT_TRANSCRIPT_DELTA, "item_id": "u", "delta": "hel"},
+        {"type": rt.INPUT_TRANSCRIPT_DELTA, "item_id": "u", "delta": "lo"},
         {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u", "transcript": "hello"},
-        {"type": rt.OUTPUT_TRANSCRIPT_DELTA, "item_id": "a", "delta": "hi"},
-        {"type": rt.OUTPUT_TRANSCRIPT_DONE, "item_id": "a", "transcript": "hi there"},
+        {"type": rt.OUTPUT_TRANSCRIPT_DELTA, "item_id": "a", "delta": "hi "},
+        {"type": rt.OUTPUT_TRANSCRIPT_DELTA, "item_id": "a", "delta": "the"},
     ):
-        events += client_events(session.receive_model_event(event, 0))
+        events += client_events(session.receive_model_event(event, 100))
+    assert session.next_deadline_ms() == 350
+    events += client_events(session.tick(350))  # the gathered pieces go out as one
+    done = {"type": rt.OUTPUT_TRANSCRIPT_DONE, "item_id": "a", "transcript": "hi there"}
+    events += client_events(session.receive_model_event(done, 400))
     assert [(e["role"], e["text"], e["final"]) for e in events] == [
-        ("user", "hel", False),
-        ("user", "hello", True),
-        ("assistant", "hi", False),
+        ("user", "hello", True),  # its pieces were still gathering: only the final goes
+        ("assistant", "hi the", False),
         ("assistant", "hi there", True),
     ]
 

@@ -134,8 +134,9 @@ async def _a_dropped_model_socket_is_replaced_and_the_conversation_restored(
     await until(lambda: "ready" in connections.types("conn-1"))
     first = silence(100) + tone(1500, 330) + silence(700)
     seq = await speak(bridge, first)
+    # The user's turn is transcribed before the reply starts: it is history by now.
     await until(lambda: "audio" in connections.types("conn-1"))
-    await until(lambda: sum(1 for t in connections.types("conn-1") if t == "transcript") >= 2)
+    assert "transcript" in connections.types("conn-1")
     dropped_at = time.monotonic()
     await emulator.drop(0, after_audio_deltas=1)  # mid-response
     await emulator.wait_for_sessions(2)

@@ -88,6 +88,9 @@ class BridgeSettings:
     # rate_limited error. 100 ms audio frames are 10 a second.
     client_messages_per_second: float = 50.0
     client_message_burst: int = 100
+    # Partial transcript pieces are gathered for this long and sent as one message: a post
+    # per word would cost a message each and queue ahead of the agent's audio.
+    transcript_hold_ms: int = 250
     # Turns of the conversation kept (as text) to restore into a new model session after
     # the model socket is lost; older turns are forgotten first.
     history_turns: int = 50
@@ -223,6 +226,9 @@ class BridgeSession:
         # The conversation as text, (role, text) per finished turn: what a new model session
         # is given when the old one is lost (audio cannot be restored; the words can).
         self.history: list[tuple[str, str]] = []
+        # Partial transcript text waiting to go out: (role, item_id) -> text, and since when.
+        self._partial_text: dict[tuple[str, str | None], str] = {}
+        self._partial_since_ms: int | None = None
 
     # --- inputs ---------------------------------------------------------------------------
 
@@ -291,6 +297,9 @@ class BridgeSession:
         if pending is not None and now_ms >= pending.deadline_ms:
             out.extend(self._truncate(pending.item.estimated_played_ms(now_ms)))
         out.extend(self._to_model_audio(*self.uplink.expire(now_ms), now_ms))
+        since = self._partial_since_ms
+        if since is not None and now_ms - since >= self.settings.transcript_hold_ms:
+            out.extend(self._flush_partial_transcripts(now_ms))
         if now_ms - self._started_ms >= self.settings.max_call_ms:
             return [*out, *self.end("max_duration", now_ms)]
         if now_ms - self._last_downlink_ms >= self.settings.keepalive_interval_ms:
@@ -310,6 +319,8 @@ class BridgeSession:
             deadlines.append(self._pending_truncation.deadline_ms)
         if self.uplink.gap_deadline_ms is not None:
             deadlines.append(self.uplink.gap_deadline_ms)
+        if self._partial_since_ms is not None:
+            deadlines.append(self._partial_since_ms + self.settings.transcript_hold_ms)
         return min(deadlines) if not self.ended else None
 
     def end(self, reason: str, now_ms: int = 0) -> list[Command]:
@@ -497,8 +508,28 @@ class BridgeSession:
         text = event.get(key)
         if not isinstance(text, str) or (not text and not final):
             return []
-        payload = proto.transcript_event(role, text, final, event.get("item_id"))
-        return [self._to_client(payload, now_ms)]
+        item_id = event.get("item_id")
+        if not final:
+            # Gathered and sent in one message (see transcript_hold_ms).
+            slot = (role, item_id)
+            self._partial_text[slot] = self._partial_text.get(slot, "") + text
+            if self._partial_since_ms is None:
+                self._partial_since_ms = now_ms
+            return []
+        # The final text replaces the pieces: pieces not yet sent need not go at all.
+        self._partial_text.pop((role, item_id), None)
+        if not self._partial_text:
+            self._partial_since_ms = None
+        return [self._to_client(proto.transcript_event(role, text, True, item_id), now_ms)]
+
+    def _flush_partial_transcripts(self, now_ms: int) -> list[Command]:
+        out: list[Command] = [
+            self._to_client(proto.transcript_event(role, text, False, item_id), now_ms)
+            for (role, item_id), text in self._partial_text.items()
+        ]
+        self._partial_text.clear()
+        self._partial_since_ms = None
+        return out
 
     def _may_still_be_playing(self, item: AssistantAudio, now_ms: int) -> bool:
         if not item.generation_done or item.pending:
