@@ -44,6 +44,17 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # API Gateway closes every WebSocket connection after two hours; a session row that outlives
 # its connection by a day is certainly stale.
 MAX_SESSION_TTL_SECONDS = 86_400
+# How $default reaches the audio queue: a Lambda function per message, or API Gateway's own
+# SQS integration (the lean path: no function per audio frame).
+DEFAULT_ROUTE_INTEGRATIONS = ("lambda", "sqs")
+# OpenAI ends a Realtime session after 60 minutes (API Gateway cuts connections at 2 hours);
+# the longest call we allow ends a minute before that, cleanly.
+MAX_CALL_SECONDS = 3_540
+# A caller at the page's default 100 ms uplink frames sends 10 messages a second.
+MIN_CLIENT_MESSAGES_PER_SECOND = 10
+_ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
+# Lambda allows 4 KB of environment in all; the origin list must leave room for the rest.
+MAX_ALLOWED_ORIGINS_CHARS = 1_024
 
 
 class ConfigError(ValueError):
@@ -82,6 +93,10 @@ SETTINGS: tuple[Setting, ...] = (
             "WebSocket URL of the Realtime API (OpenAI, or an Azure OpenAI endpoint)."),
     Setting("defaultProvisionedConcurrency", "integer", 0,
             "Provisioned concurrency of the $default function (0 = off, no idle cost)."),
+    Setting("defaultRouteIntegration", "string", "lambda",
+            "How $default reaches the audio queue: lambda (a function per client message) or "
+            "sqs (API Gateway's SQS integration: the same message, no Lambda per audio frame; "
+            "see docs/cost.md)."),
     Setting("workerCpu", "integer", 512, "Fargate CPU units of one worker task."),
     Setting("workerMemory", "integer", 1024, "Memory (MiB) of one worker task."),
     Setting("workerCount", "integer", 1, "Number of worker tasks (each bridges many calls)."),
@@ -98,8 +113,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pointInTimeRecovery", "boolean", False,
             "Point-in-time recovery of the sessions table (always on when hipaa is true)."),
     Setting("apiThrottleRateLimit", "integer", 1000,
-            "Steady-state messages per second the WebSocket stage accepts (all callers)."),
-    Setting("apiThrottleBurstLimit", "integer", 2000, "Burst of messages the stage accepts."),
+            "Steady-state messages per second the WebSocket stage accepts, all callers together: "
+            "the first line of defence, applied by API Gateway before any of our code runs."),
+    Setting("apiThrottleBurstLimit", "integer", 2000,
+            "Burst of messages the stage accepts above apiThrottleRateLimit."),
+    Setting("clientMessagesPerSecond", "integer", 50,
+            "Messages per second one caller may send (a token bucket in the worker); more are "
+            "dropped with a rate_limited error. 100 ms audio frames are 10 a second."),
+    Setting("clientMessageBurst", "integer", 100,
+            "Burst of messages one caller may send above clientMessagesPerSecond."),
+    Setting("maxSessions", "integer", 100,
+            "Concurrent calls the stack accepts; a connect beyond them is refused with 429 "
+            "(0 = no limit)."),
+    Setting("maxCallSeconds", "integer", 3300,
+            "Longest call, ended cleanly (session_ended, reason max_duration): before OpenAI's "
+            "60-minute session limit and API Gateway's 2-hour cut (at most 3540)."),
+    Setting("allowedOrigins", "string", "",
+            "Comma-separated web origins whose pages may connect, e.g. "
+            "https://app.example.com (empty = any). Callers that send no Origin (servers, "
+            "apps) are judged by their token alone."),
     Setting("manageApiGatewayAccount", "boolean", True,
             "Set this region's API Gateway CloudWatch Logs role (an account-wide setting that "
             "stage logging needs). Turn off if the account already manages it."),
@@ -120,6 +152,7 @@ class StackConfig:
     instructions: str
     realtime_base_url: str
     default_provisioned_concurrency: int
+    default_route_integration: str
     worker_cpu: int
     worker_memory: int
     worker_count: int
@@ -131,6 +164,12 @@ class StackConfig:
     point_in_time_recovery: bool
     api_throttle_rate_limit: int
     api_throttle_burst_limit: int
+    client_messages_per_second: int
+    client_message_burst: int
+    max_sessions: int
+    max_call_seconds: int
+    # Normalised origins (scheme://host[:port], no trailing slash); empty: any origin.
+    allowed_origins: tuple[str, ...]
     manage_api_gateway_account: bool
     vpc_cidr: str
     # The OpenAI key as a Pulumi secret Output, or None when not configured.
@@ -144,6 +183,11 @@ class StackConfig:
     @property
     def point_in_time_recovery_enabled(self) -> bool:
         return self.point_in_time_recovery or self.hipaa
+
+    @property
+    def lean_default_route(self) -> bool:
+        """$default goes straight to SQS through API Gateway: no $default function."""
+        return self.default_route_integration == "sqs"
 
 
 _STACK_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
@@ -267,6 +311,27 @@ def parse_stack_config(
             f"{', '.join(map(str, LOG_RETENTION_DAYS))}, got {retention}"
         )
 
+    session_ttl = integer("sessionTtlSeconds", 60, MAX_SESSION_TTL_SECONDS)
+    max_call = integer("maxCallSeconds", 60, 7_200)
+    if max_call > MAX_CALL_SECONDS:
+        errors.append(
+            f"{PROJECT}:maxCallSeconds is {max_call}; a call must end before OpenAI's 60-minute "
+            f"session limit: at most {MAX_CALL_SECONDS}"
+        )
+    if session_ttl < max_call:
+        errors.append(
+            f"{PROJECT}:sessionTtlSeconds ({session_ttl}) is shorter than maxCallSeconds "
+            f"({max_call}): a live call's session row would expire under it"
+        )
+    rate = integer("clientMessagesPerSecond", MIN_CLIENT_MESSAGES_PER_SECOND, 1_000)
+    burst = integer("clientMessageBurst", 1, 10_000)
+    if burst < rate:
+        errors.append(
+            f"{PROJECT}:clientMessageBurst ({burst}) must be at least clientMessagesPerSecond "
+            f"({rate})"
+        )
+    origins = _origins(string("allowedOrigins"), errors)
+
     vpc_cidr = string("vpcCidr")
     try:
         network = ipaddress.ip_network(vpc_cidr)
@@ -284,17 +349,23 @@ def parse_stack_config(
         instructions=instructions,
         realtime_base_url=base_url,
         default_provisioned_concurrency=integer("defaultProvisionedConcurrency", 0, 1000),
+        default_route_integration=string("defaultRouteIntegration", DEFAULT_ROUTE_INTEGRATIONS),
         worker_cpu=worker_cpu,
         worker_memory=worker_memory,
         worker_count=worker_count,
         worker_on_demand_base=on_demand_base,
         audio_chunk_bytes=chunk,
-        session_ttl_seconds=integer("sessionTtlSeconds", 60, MAX_SESSION_TTL_SECONDS),
+        session_ttl_seconds=session_ttl,
         log_retention_days=retention,
         log_level=string("logLevel", LOG_LEVELS),
         point_in_time_recovery=boolean("pointInTimeRecovery"),
         api_throttle_rate_limit=integer("apiThrottleRateLimit", 1, 10_000),
         api_throttle_burst_limit=integer("apiThrottleBurstLimit", 1, 10_000),
+        client_messages_per_second=rate,
+        client_message_burst=burst,
+        max_sessions=integer("maxSessions", 0, 100_000),
+        max_call_seconds=max_call,
+        allowed_origins=origins,
         manage_api_gateway_account=boolean("manageApiGatewayAccount"),
         vpc_cidr=vpc_cidr,
         openai_api_key=openai_api_key,
@@ -304,6 +375,29 @@ def parse_stack_config(
             f"invalid configuration for stack {stack!r}:\n" + "\n".join(f"  - {e}" for e in errors)
         )
     return config
+
+
+def _origins(value: str, errors: list[str]) -> tuple[str, ...]:
+    """``allowedOrigins`` as normalised origins; each bad entry is reported."""
+    origins: list[str] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        origin = entry.rstrip("/")
+        if not _ORIGIN.match(origin):
+            errors.append(
+                f"{PROJECT}:allowedOrigins has {entry!r}, which is not a web origin like "
+                "https://app.example.com (scheme and host, optional port, no path)"
+            )
+            continue
+        if origin.lower() not in origins:
+            origins.append(origin.lower())
+    if len(",".join(origins)) > MAX_ALLOWED_ORIGINS_CHARS:
+        errors.append(
+            f"{PROJECT}:allowedOrigins is longer than {MAX_ALLOWED_ORIGINS_CHARS} characters "
+            "(it travels in the authorizer's environment, 4 KB in all)"
+        )
+    return tuple(origins)
 
 
 def reference_table() -> str:

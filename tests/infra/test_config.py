@@ -135,6 +135,27 @@ def test_an_unknown_model_names_the_allowed_ones() -> None:
         ({"vpcCidr": "10.0.0.0/8"}, "vpcCidr must be an IPv4 /16 to /22 range"),
         ({"logLevel": "LOUD"}, "voice-agent:logLevel is 'LOUD'; allowed values are: DEBUG"),
         ({"modle": "gpt-realtime"}, "voice-agent:modle is not a setting of this project"),
+        ({"defaultRouteIntegration": "http"},
+         "voice-agent:defaultRouteIntegration is 'http'; allowed values are: lambda, sqs"),
+        ({"maxSessions": "-1"}, "voice-agent:maxSessions must be between 0 and 100000, got -1"),
+        ({"maxSessions": "lots"}, "voice-agent:maxSessions must be an integer, got 'lots'"),
+        ({"maxCallSeconds": "3600"},
+         "maxCallSeconds is 3600; a call must end before OpenAI's 60-minute session limit: "
+         "at most 3540"),
+        ({"maxCallSeconds": "30"}, "voice-agent:maxCallSeconds must be between 60 and 7200"),
+        ({"sessionTtlSeconds": "600"},
+         "sessionTtlSeconds (600) is shorter than maxCallSeconds (3300)"),
+        ({"clientMessagesPerSecond": "5"},
+         "voice-agent:clientMessagesPerSecond must be between 10 and 1000, got 5"),
+        ({"clientMessagesPerSecond": "50", "clientMessageBurst": "20"},
+         "clientMessageBurst (20) must be at least clientMessagesPerSecond (50)"),
+        ({"allowedOrigins": "app.example.com"},
+         "allowedOrigins has 'app.example.com', which is not a web origin like "
+         "https://app.example.com"),
+        ({"allowedOrigins": "https://app.example.com/login"},
+         "allowedOrigins has 'https://app.example.com/login'"),
+        ({"allowedOrigins": ",".join(f"https://host{i}.example.com" for i in range(60))},
+         "allowedOrigins is longer than 1024 characters"),
     ],
 )  # fmt: skip
 def test_bad_values_fail_with_a_clear_message(values: dict[str, str], message: str) -> None:
@@ -147,6 +168,27 @@ def test_a_secret_setting_given_in_plain_text_is_refused() -> None:
             "voice-agent:openaiApiKey is stored in plain text; set it with "
             "`pulumi config set --secret openaiApiKey <value>`")):  # fmt: skip
         parse_stack_config({}, stack="dev", region="us-east-1", plaintext_secrets=["openaiApiKey"])
+
+
+def test_limits_and_access_have_sane_defaults() -> None:
+    config = parse()
+    assert config.default_route_integration == "lambda" and not config.lean_default_route
+    assert (config.max_sessions, config.max_call_seconds) == (100, 3300)
+    assert (config.client_messages_per_second, config.client_message_burst) == (50, 100)
+    assert config.allowed_origins == ()
+    # The call ends before OpenAI's 60-minute session and API Gateway's 2-hour connection.
+    assert config.max_call_seconds < 3600 < config.session_ttl_seconds <= 7200
+
+
+def test_the_lean_route_and_no_session_limit_are_accepted() -> None:
+    config = parse(defaultRouteIntegration="sqs", maxSessions="0")
+    assert config.lean_default_route and config.max_sessions == 0
+
+
+def test_allowed_origins_are_normalised_as_browsers_send_them() -> None:
+    config = parse(allowedOrigins=" https://App.Example.com/ ,http://localhost:8000,,"
+                                  "https://app.example.com")  # fmt: skip
+    assert config.allowed_origins == ("https://app.example.com", "http://localhost:8000")
 
 
 def test_every_problem_is_reported_at_once() -> None:
