@@ -11,6 +11,7 @@ import pulumi
 from infra.audio_queue import AudioQueue
 from infra.aws_context import aws_context
 from infra.config import read_stack_config
+from infra.connect_authorizer import ConnectAuthorizer
 from infra.functions import HandlerFunctions
 from infra.keys import EncryptionKeys
 from infra.network import Network
@@ -45,8 +46,27 @@ functions = HandlerFunctions(
     logs_key_arn=logs_key,
     opts=ctx.opts,
 )
+authorizer = ConnectAuthorizer(
+    "connect-auth",
+    config=config,
+    ctx=ctx,
+    source_root=SOURCE_ROOT,
+    network=network,
+    data_key_arn=data_key,
+    logs_key_arn=logs_key,
+    opts=ctx.opts,
+)
 api = WebSocketApi(
-    "websocket", config=config, ctx=ctx, functions=functions, logs_key_arn=logs_key, opts=ctx.opts
+    "websocket",
+    config=config,
+    ctx=ctx,
+    functions=functions,
+    authorizer=authorizer,
+    queue_name=audio.name,
+    queue_arn=audio.arn,
+    data_key_arn=data_key,
+    logs_key_arn=logs_key,
+    opts=ctx.opts,
 )
 openai_key = OpenAiSecret("openai-key", config, data_key, ctx.opts)
 worker = WorkerService(
@@ -78,5 +98,8 @@ pulumi.export("serviceName", worker.service_name)
 pulumi.export("imageDigest", worker.image_digest)
 pulumi.export("imageRef", worker.image_ref)
 pulumi.export("openaiSecretArn", openai_key.arn)
+pulumi.export("authSecretArn", authorizer.secret_arn)
+pulumi.export("tokenAudience", authorizer.audience)
+pulumi.export("defaultRouteIntegration", config.default_route_integration)
 pulumi.export("model", config.model)
 pulumi.export("hipaa", config.hipaa)

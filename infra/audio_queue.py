@@ -14,6 +14,7 @@ class AudioQueue(pulumi.ComponentResource):
 
     url: pulumi.Output[str]
     arn: pulumi.Output[str]
+    name: pulumi.Output[str]
     dlq_url: pulumi.Output[str]
     dlq_arn: pulumi.Output[str]
 
@@ -61,6 +62,7 @@ class AudioQueue(pulumi.ComponentResource):
         )
         self.url = queue.url
         self.arn = queue.arn
+        self.name = queue.name  # the lean $default integration addresses the queue by name
         self.dlq_url = dlq.url
         self.dlq_arn = dlq.arn
         self.register_outputs({"url": self.url, "arn": self.arn, "dlq_url": self.dlq_url})

@@ -1,9 +1,16 @@
-"""The three WebSocket route handlers as Lambda functions, each with its own role and logs."""
+"""The WebSocket route handlers as Lambda functions, each with its own role and logs.
+
+``python_function`` builds one function the way every function of the stack is built (its
+own log group, role and policy; arm64; in the private subnets in HIPAA mode); the ``$connect``
+authorizer (``infra.connect_authorizer``) is built with it too.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -34,19 +41,37 @@ class HandlerSpec:
     table_actions: tuple[str, ...]
     queue_actions: tuple[str, ...]
     provisioned: bool = False
+    # Enforces maxSessions (env MAX_SESSIONS), counting live sessions with a table scan.
+    limits_sessions: bool = False
 
 
 HANDLERS: tuple[HandlerSpec, ...] = (
-    # put_item (the session row) + send_message (open envelope)
+    # put_item (the session row) + send_message (open envelope); scan when maxSessions > 0
     HandlerSpec("$connect", "handlers.connect.handler", "connect",
-                ("dynamodb:PutItem",), ("sqs:SendMessage",)),
+                ("dynamodb:PutItem",), ("sqs:SendMessage",), limits_sessions=True),
     # delete_item + send_message (close envelope)
     HandlerSpec("$disconnect", "handlers.disconnect.handler", "disconnect",
                 ("dynamodb:DeleteItem",), ("sqs:SendMessage",)),
-    # send_message (the client's frame); the hot path, so it may be kept warm
+    # send_message (the client's frame); the hot path, so it may be kept warm. Not deployed
+    # when defaultRouteIntegration is sqs: API Gateway then sends the same message itself.
     HandlerSpec("$default", "handlers.default.handler", "default",
                 (), ("sqs:SendMessage",), provisioned=True),
 )  # fmt: skip
+SESSION_COUNT_ACTION = "dynamodb:Scan"
+
+
+def deployed_handlers(config: StackConfig) -> tuple[HandlerSpec, ...]:
+    """The route handlers this stack runs as functions."""
+    if config.lean_default_route:
+        return tuple(s for s in HANDLERS if s.route_key != "$default")
+    return HANDLERS
+
+
+def table_actions(spec: HandlerSpec, config: StackConfig) -> tuple[str, ...]:
+    """What the handler does to the sessions table in this stack."""
+    if spec.limits_sessions and config.max_sessions > 0:
+        return (*spec.table_actions, SESSION_COUNT_ACTION)
+    return spec.table_actions
 
 
 @dataclass(frozen=True)
@@ -61,7 +86,10 @@ class DeployedFunction:
 
 
 class HandlerFunctions(pulumi.ComponentResource):
-    """One Lambda function per route, zipped from only the modules its handler imports."""
+    """One Lambda function per route, zipped from only the modules its handler imports.
+
+    ``$default`` has none when ``defaultRouteIntegration`` is ``sqs``.
+    """
 
     by_route: dict[str, DeployedFunction]
     policies: dict[str, pulumi.Output[str]]
@@ -86,78 +114,51 @@ class HandlerFunctions(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.by_route = {}
         self.policies = {}
-        environment = aws.lambda_.FunctionEnvironmentArgs(
-            variables={
-                "SESSIONS_TABLE": table_name,
-                "AUDIO_QUEUE_URL": queue_url,
-                "SESSION_TTL_SECONDS": str(config.session_ttl_seconds),
-                "LOG_LEVEL": config.log_level,
-            }
-        )
-        vpc_config = None
-        if network.lambda_subnet_ids is not None and network.lambda_security_group_id is not None:
-            vpc_config = aws.lambda_.FunctionVpcConfigArgs(
-                subnet_ids=network.lambda_subnet_ids,
-                security_group_ids=[network.lambda_security_group_id],
+        shared_environment: dict[str, pulumi.Input[str]] = {
+            "SESSIONS_TABLE": table_name,
+            "AUDIO_QUEUE_URL": queue_url,
+            "SESSION_TTL_SECONDS": str(config.session_ttl_seconds),
+            "LOG_LEVEL": config.log_level,
+        }
+        if config.lean_default_route and config.default_provisioned_concurrency > 0:
+            pulumi.log.warn(
+                "defaultProvisionedConcurrency is ignored: with defaultRouteIntegration=sqs "
+                "there is no $default function to keep warm",
+                resource=self,
             )
 
-        for spec in HANDLERS:
+        for spec in deployed_handlers(config):
             base = f"{name}-{spec.short_name}"
-            function_name = f"{config.name_prefix}-{spec.short_name}"
-            logs = log_group(
-                f"{base}-logs",
-                log_group_name=f"/aws/lambda/{function_name}",
-                config=config,
-                kms_key_arn=logs_key_arn,
-                opts=child,
-            )
-            role = aws.iam.Role(
-                f"{base}-role",
-                description=f"voice-agent {spec.route_key} handler ({config.stack})",
-                assume_role_policy=iam.service_trust_policy("lambda.amazonaws.com"),
-                opts=child,
-            )
-            statements = [
-                iam.log_writer(logs.arn),
-                iam.statement(list(spec.queue_actions), [queue_arn], sid="AudioQueue"),
-            ]
-            if spec.table_actions:
-                statements.append(
-                    iam.statement(list(spec.table_actions), [table_arn], sid="SessionTable")
-                )
+            actions = table_actions(spec, config)
+            statements = [iam.statement(list(spec.queue_actions), [queue_arn], sid="AudioQueue")]
+            if actions:
+                statements.append(iam.statement(list(actions), [table_arn], sid="SessionTable"))
             if data_key_arn is not None:
                 statements.append(_data_key_statement(ctx, data_key_arn, spec))
-            if network.lambda_subnet_ids is not None:
-                statements.extend(_vpc_access_statements(ctx, network))
-            policy = iam.identity_policy(statements)
-            self.policies[spec.route_key] = policy
-            role_policy = aws.iam.RolePolicy(
-                f"{base}-policy", role=role.id, policy=policy, opts=child
-            )
+            environment = dict(shared_environment)
+            if spec.limits_sessions:
+                environment["MAX_SESSIONS"] = str(config.max_sessions)
 
             provisioned = spec.provisioned and config.default_provisioned_concurrency > 0
-            function = aws.lambda_.Function(
+            built = python_function(
                 base,
-                name=function_name,
-                description=f"voice-agent {spec.route_key} route",
-                runtime=RUNTIME,
-                architectures=[ARCHITECTURE],
+                function_name=f"{config.name_prefix}-{spec.short_name}",
                 handler=spec.handler,
-                code=bundle_handler(source_root, spec.handler).archive(),
-                role=role.arn,
-                memory_size=MEMORY_MB,
-                timeout=TIMEOUT_S,
+                description=f"voice-agent {spec.route_key} route",
+                role_description=f"voice-agent {spec.route_key} handler ({config.stack})",
+                config=config,
+                ctx=ctx,
+                source_root=source_root,
+                network=network,
+                logs_key_arn=logs_key_arn,
+                statements=statements,
                 environment=environment,
-                vpc_config=vpc_config,
-                logging_config=aws.lambda_.FunctionLoggingConfigArgs(
-                    log_format="Text",
-                    log_group=logs.name,  # the handlers write JSON lines
-                ),
+                parent=self,
                 # Provisioned concurrency needs a published version behind an alias.
                 publish=provisioned,
-                # The role must be able to write logs before the first invocation.
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[logs, role_policy]),
             )
+            function = built.function
+            self.policies[spec.route_key] = built.policy
             qualifier: pulumi.Output[str] | None = None
             invoke_arn = function.invoke_arn
             if provisioned:
@@ -181,6 +182,85 @@ class HandlerFunctions(pulumi.ComponentResource):
                 spec=spec, name=function.name, invoke_arn=invoke_arn, qualifier=qualifier
             )
         self.register_outputs({r: f.name for r, f in self.by_route.items()})
+
+
+@dataclass(frozen=True)
+class PythonFunction:
+    """A function built by ``python_function``, and the policy its role carries."""
+
+    function: aws.lambda_.Function
+    policy: pulumi.Output[str]
+
+
+def python_function(
+    name: str,
+    *,
+    function_name: str,
+    handler: str,
+    description: str,
+    role_description: str,
+    config: StackConfig,
+    ctx: AwsContext,
+    source_root: Path,
+    network: Network,
+    logs_key_arn: pulumi.Input[str] | None,
+    statements: Sequence[Mapping[str, Any]],
+    environment: Mapping[str, pulumi.Input[str]],
+    parent: pulumi.Resource,
+    publish: bool = False,
+) -> PythonFunction:
+    """One Lambda function of this stack, as children of ``parent``.
+
+    Zipped from only the modules ``handler`` imports; a log group of its own (retention, and
+    the logs key in HIPAA mode); a role of its own whose policy is ``statements`` plus writing
+    those logs and, in HIPAA mode, attaching to the private subnets it runs in.
+    """
+    child = pulumi.ResourceOptions(parent=parent)
+    logs = log_group(
+        f"{name}-logs",
+        log_group_name=f"/aws/lambda/{function_name}",
+        config=config,
+        kms_key_arn=logs_key_arn,
+        opts=child,
+    )
+    role = aws.iam.Role(
+        f"{name}-role",
+        description=role_description,
+        assume_role_policy=iam.service_trust_policy("lambda.amazonaws.com"),
+        opts=child,
+    )
+    all_statements = [iam.log_writer(logs.arn), *statements]
+    vpc_config = None
+    if network.lambda_subnet_ids is not None and network.lambda_security_group_id is not None:
+        all_statements.extend(_vpc_access_statements(ctx, network))
+        vpc_config = aws.lambda_.FunctionVpcConfigArgs(
+            subnet_ids=network.lambda_subnet_ids,
+            security_group_ids=[network.lambda_security_group_id],
+        )
+    policy = iam.identity_policy(all_statements)
+    role_policy = aws.iam.RolePolicy(f"{name}-policy", role=role.id, policy=policy, opts=child)
+    function = aws.lambda_.Function(
+        name,
+        name=function_name,
+        description=description,
+        runtime=RUNTIME,
+        architectures=[ARCHITECTURE],
+        handler=handler,
+        code=bundle_handler(source_root, handler).archive(),
+        role=role.arn,
+        memory_size=MEMORY_MB,
+        timeout=TIMEOUT_S,
+        environment=aws.lambda_.FunctionEnvironmentArgs(variables=dict(environment)),
+        vpc_config=vpc_config,
+        logging_config=aws.lambda_.FunctionLoggingConfigArgs(
+            log_format="Text",
+            log_group=logs.name,  # the handlers write JSON lines
+        ),
+        publish=publish,
+        # The role must be able to write logs before the first invocation.
+        opts=pulumi.ResourceOptions(parent=parent, depends_on=[logs, role_policy]),
+    )
+    return PythonFunction(function=function, policy=policy)
 
 
 def _data_key_statement(

@@ -1,4 +1,11 @@
-"""The public WebSocket API: three routes, each an AWS_PROXY integration to its own function."""
+"""The public WebSocket API: its routes, the ``$connect`` authorizer and one logged stage.
+
+``$connect`` and ``$disconnect`` are AWS_PROXY integrations to their own functions, and so is
+``$default`` by default; with ``defaultRouteIntegration = sqs`` it is API Gateway's own SQS
+integration instead (``infra.queue_integration``), signed with a role that may only send to
+the audio queue. Only ``$connect`` carries the token authorizer: a WebSocket API checks a
+caller once, at the handshake.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra import queue_integration as lean
 from infra.aws_context import AwsContext
 from infra.config import StackConfig
+from infra.connect_authorizer import ConnectAuthorizer
 from infra.functions import HandlerFunctions
 from infra.guardrails import execution_log_group_name
 from infra.log_groups import log_group
@@ -37,6 +46,10 @@ ACCESS_LOG_FORMAT = {
     "sourceIp": "$context.identity.sourceIp",
 }
 API_GATEWAY_LOGS_MANAGED_POLICY = "service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+# Browsers cannot set headers on a WebSocket, so the token travels in the query string. A
+# connect without it is refused with 401 by API Gateway, without invoking the authorizer.
+TOKEN_IDENTITY_SOURCE = "route.request.querystring.token"
+AUTHORIZED_ROUTE = "$connect"  # the only route a WebSocket API authorizes
 
 
 class WebSocketApi(pulumi.ComponentResource):
@@ -55,6 +68,10 @@ class WebSocketApi(pulumi.ComponentResource):
         config: StackConfig,
         ctx: AwsContext,
         functions: HandlerFunctions,
+        authorizer: ConnectAuthorizer,
+        queue_name: pulumi.Input[str],
+        queue_arn: pulumi.Input[str],
+        data_key_arn: pulumi.Input[str] | None,
         logs_key_arn: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
@@ -68,6 +85,27 @@ class WebSocketApi(pulumi.ComponentResource):
             route_selection_expression=ROUTE_SELECTION_EXPRESSION,
             opts=child,
         )
+        connect_authorizer = aws.apigatewayv2.Authorizer(
+            f"{name}-authorizer",
+            api_id=api.id,
+            name=f"{config.name_prefix}-token",
+            authorizer_type="REQUEST",
+            authorizer_uri=authorizer.invoke_arn,
+            identity_sources=[TOKEN_IDENTITY_SOURCE],
+            opts=child,
+        )
+        aws.lambda_.Permission(
+            f"{name}-authorizer-invoke",
+            action="lambda:InvokeFunction",
+            function=authorizer.function_name,
+            principal="apigateway.amazonaws.com",
+            # Only this API's authorizer may invoke the function.
+            source_arn=pulumi.Output.concat(
+                api.execution_arn, "/authorizers/", connect_authorizer.id
+            ),
+            opts=child,
+        )
+
         routes = []
         for route_key, function in functions.by_route.items():
             slug = function.spec.short_name
@@ -79,12 +117,15 @@ class WebSocketApi(pulumi.ComponentResource):
                 integration_uri=function.invoke_arn,
                 opts=child,
             )
+            authorized = route_key == AUTHORIZED_ROUTE
             routes.append(
                 aws.apigatewayv2.Route(
                     f"{name}-{slug}",
                     api_id=api.id,
                     route_key=route_key,
                     target=pulumi.Output.concat("integrations/", integration.id),
+                    authorization_type="CUSTOM" if authorized else None,
+                    authorizer_id=connect_authorizer.id if authorized else None,
                     opts=child,
                 )
             )
@@ -97,6 +138,13 @@ class WebSocketApi(pulumi.ComponentResource):
                 # Only this API's stage, on this route, may invoke the function.
                 source_arn=pulumi.Output.concat(api.execution_arn, "/", STAGE_NAME, "/", route_key),
                 opts=child,
+            )
+
+        if config.lean_default_route:
+            routes.append(
+                self._default_route_to_queue(
+                    name, api, ctx, queue_name, queue_arn, data_key_arn, child
+                )
             )
 
         stage_depends: list[pulumi.Resource] = list(routes)
@@ -147,6 +195,68 @@ class WebSocketApi(pulumi.ComponentResource):
         self.wss_url = pulumi.Output.concat("wss://", host, "/", stage.name)
         self.connections_url = pulumi.Output.concat("https://", host, "/", stage.name)
         self.register_outputs({"wss_url": self.wss_url, "connections_url": self.connections_url})
+
+    @staticmethod
+    def _default_route_to_queue(
+        name: str,
+        api: aws.apigatewayv2.Api,
+        ctx: AwsContext,
+        queue_name: pulumi.Input[str],
+        queue_arn: pulumi.Input[str],
+        data_key_arn: pulumi.Input[str] | None,
+        opts: pulumi.ResourceOptions,
+    ) -> aws.apigatewayv2.Route:
+        """``$default`` as an SQS ``SendMessage`` by API Gateway itself (the lean path)."""
+        statements = [iam.statement(["sqs:SendMessage"], [queue_arn], sid="SendToAudioQueue")]
+        if data_key_arn is not None:
+            # A producer of a queue encrypted with our key needs the key too, through SQS.
+            statements.append(
+                iam.statement(
+                    ["kms:Decrypt", "kms:GenerateDataKey"],
+                    [data_key_arn],
+                    sid="DataKeyViaSqs",
+                    condition={"StringEquals": {"kms:ViaService": ctx.service_host("sqs")}},
+                )
+            )
+        role = aws.iam.Role(
+            f"{name}-default-queue-role",
+            description="API Gateway: send $default messages to the voice-agent audio queue",
+            assume_role_policy=iam.service_trust_policy("apigateway.amazonaws.com"),
+            opts=opts,
+        )
+        role_policy = aws.iam.RolePolicy(
+            f"{name}-default-queue-policy",
+            role=role.id,
+            policy=iam.identity_policy(statements),
+            opts=opts,
+        )
+        uri = pulumi.Output.all(ctx.partition, ctx.account_id, queue_name).apply(
+            lambda v: lean.integration_uri(v[0], ctx.region, v[1], v[2])
+        )
+        integration = aws.apigatewayv2.Integration(
+            f"{name}-default",
+            api_id=api.id,
+            integration_type="AWS",
+            integration_method=lean.INTEGRATION_METHOD,
+            integration_uri=uri,
+            credentials_arn=role.arn,
+            request_parameters=lean.REQUEST_PARAMETERS,
+            template_selection_expression=lean.TEMPLATE_SELECTION_EXPRESSION,
+            request_templates={lean.TEMPLATE_KEY: lean.send_message_template()},
+            passthrough_behavior=lean.PASSTHROUGH_BEHAVIOR,
+            # API Gateway must be able to assume the role before the first message.
+            opts=pulumi.ResourceOptions.merge(
+                opts, pulumi.ResourceOptions(depends_on=[role_policy])
+            ),
+        )
+        # No route response: SQS's answer is never sent to the caller.
+        return aws.apigatewayv2.Route(
+            f"{name}-default",
+            api_id=api.id,
+            route_key="$default",
+            target=pulumi.Output.concat("integrations/", integration.id),
+            opts=opts,
+        )
 
     @staticmethod
     def _account_logging_role(

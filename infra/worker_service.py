@@ -238,6 +238,10 @@ class WorkerService(pulumi.ComponentResource):
             "REALTIME_VOICE": config.voice,
             "REALTIME_INSTRUCTIONS": config.instructions,
             "AUDIO_CHUNK_BYTES": str(config.audio_chunk_bytes),
+            # Per-call limits the worker enforces (BridgeSettings in worker/core.py).
+            "MAX_CALL_SECONDS": str(config.max_call_seconds),
+            "CLIENT_MESSAGES_PER_SECOND": str(config.client_messages_per_second),
+            "CLIENT_MESSAGE_BURST": str(config.client_message_burst),
             "AWS_REGION": config.region,
             "LOG_LEVEL": config.log_level,
             "HEALTH_FILE": HEALTH_FILE,

@@ -1,7 +1,10 @@
 """Renders of the Pulumi program under mocks, shared by the infra tests.
 
 Each stack renders once per session, in its own interpreter (``mock_stack.py``), all in
-parallel: dev (with an OpenAI key set as a secret), prod (no key), and dev with hipaa=true.
+parallel: dev (with an OpenAI key set as a secret), prod (no key), dev with hipaa=true, and
+two with the lean $default route (defaultRouteIntegration=sqs): ``dev_lean``, which also sets
+every limit and an origin list away from its default (so each value is seen to arrive), and
+``hipaa_lean``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,18 @@ import pytest
 from tests.infra.mock_stack import render_stacks, stack_file_config
 
 OPENAI_TEST_KEY = "sk-test-not-a-real-key-123"
+# dev_lean's settings away from the defaults.
+LEAN_OVERRIDES = {
+    "voice-agent:defaultRouteIntegration": "sqs",
+    "voice-agent:maxSessions": "0",
+    "voice-agent:maxCallSeconds": "1800",
+    "voice-agent:clientMessagesPerSecond": "20",
+    "voice-agent:clientMessageBurst": "40",
+    "voice-agent:allowedOrigins": "https://app.example.com, http://localhost:8000/",
+}
+
+
+ALL_STACKS = ("dev", "prod", "dev_hipaa", "dev_lean", "hipaa_lean")
 
 
 @dataclass
@@ -82,7 +97,8 @@ def dev_config(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def renders() -> dict[str, dict[str, Any]]:
-    """Raw renders; ``bad_model`` and ``plain_key`` are expected to fail with a config error."""
+    """Raw renders; ``bad_model``, ``plain_key`` and ``bad_route`` are expected to fail with a
+    config error."""
     return render_stacks(
         {
             "dev": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}),
@@ -91,13 +107,18 @@ def renders() -> dict[str, dict[str, Any]]:
             "dev_hipaa": ("dev", dev_config(**{"voice-agent:hipaa": "true"}), []),
             "bad_model": ("dev", dev_config(**{"voice-agent:model": "gpt-4o-realtime"}), []),
             "plain_key": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}), []),
+            "dev_lean": ("dev", dev_config(**LEAN_OVERRIDES), []),
+            "hipaa_lean": ("dev", dev_config(**{"voice-agent:hipaa": "true",
+                                                "voice-agent:defaultRouteIntegration": "sqs"}), []),
+            "bad_route": ("dev", dev_config(**{"voice-agent:defaultRouteIntegration": "http",
+                                               "voice-agent:allowedOrigins": "example.com"}), []),
         }
     )  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def stacks(renders: dict[str, dict[str, Any]]) -> dict[str, Graph]:
-    return {name: Graph(renders[name]) for name in ("dev", "prod", "dev_hipaa")}
+    return {name: Graph(renders[name]) for name in ALL_STACKS}
 
 
 @pytest.fixture(scope="session")
@@ -115,11 +136,33 @@ def dev_hipaa(stacks: dict[str, Graph]) -> Graph:
     return stacks["dev_hipaa"]
 
 
+@pytest.fixture(scope="session")
+def dev_lean(stacks: dict[str, Graph]) -> Graph:
+    return stacks["dev_lean"]
+
+
+@pytest.fixture(scope="session")
+def hipaa_lean(stacks: dict[str, Graph]) -> Graph:
+    return stacks["hipaa_lean"]
+
+
 @pytest.fixture(scope="session", params=["dev", "prod", "dev_hipaa"])
 def any_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
+    """The stacks with the default ($default as a Lambda function) route."""
     return stacks[request.param]
 
 
-@pytest.fixture(scope="session", params=["prod", "dev_hipaa"])
+@pytest.fixture(scope="session", params=ALL_STACKS)
+def every_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
+    """Every rendered stack, the lean ones included."""
+    return stacks[request.param]
+
+
+@pytest.fixture(scope="session", params=["dev_lean", "hipaa_lean"])
+def lean_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
+    return stacks[request.param]
+
+
+@pytest.fixture(scope="session", params=["prod", "dev_hipaa", "hipaa_lean"])
 def hipaa_stack(request: pytest.FixtureRequest, stacks: dict[str, Graph]) -> Graph:
     return stacks[request.param]

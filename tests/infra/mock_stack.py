@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "voice-agent"
 ACCOUNT = "123456789012"
 DIGEST = "sha256:" + "ab" * 32
+SIGNING_KEY = "mock-signing-key-" + "k" * 47  # what RandomPassword "generates"
 
 
 def stack_file_config(stack: str) -> dict[str, str]:
@@ -133,6 +134,8 @@ class _Mocks(pulumi.runtime.Mocks):
             arn = f"arn:aws:dynamodb:{self.region}:{ACCOUNT}:table/{name}"
         elif typ == "aws:secretsmanager/secret:Secret":
             arn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{name}-AbCdEf"
+        elif typ == "random:index/randomPassword:RandomPassword":
+            outputs["result"] = SIGNING_KEY
         outputs.setdefault("arn", arn)
         self.resources.append(
             {"type": typ, "name": args.name, "id": rid, "provider": args.provider,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.connect_authorizer import HANDLER as AUTHORIZER_HANDLER
 from infra.functions import HANDLERS
 from infra.handler_bundle import HandlerBundleError, bundle_handler, handler_module
 from tests.infra.conftest import Graph
@@ -41,23 +42,36 @@ def imported_project_files(module: str) -> set[str]:
     return set(json.loads(out.stdout))
 
 
-@pytest.mark.parametrize("spec", HANDLERS, ids=lambda s: s.short_name)
-def test_zip_holds_what_the_handler_imports_and_nothing_else(spec, dev: Graph) -> None:
+# Every function the program deploys: the route handlers and the $connect authorizer.
+FUNCTION_HANDLERS = {**{s.short_name: s.handler for s in HANDLERS}, "authorize": AUTHORIZER_HANDLER}
+
+
+@pytest.mark.parametrize("handler", FUNCTION_HANDLERS.values(), ids=FUNCTION_HANDLERS.keys())
+def test_zip_holds_what_the_handler_imports_and_nothing_else(handler: str, dev: Graph) -> None:
     function = next(f for f in dev.of_type("aws:lambda/function:Function")
-                    if f.inputs["handler"] == spec.handler)  # fmt: skip
+                    if f.inputs["handler"] == handler)  # fmt: skip
     archive = function.inputs["code"]["archive"]
     # Paths in the zip are package paths; sources are the repository's own files.
     for name, source in archive.items():
         assert Path(ROOT, source).resolve() == (ROOT / name).resolve()
-    assert set(archive) == imported_project_files(handler_module(spec.handler))
+    assert set(archive) == imported_project_files(handler_module(handler))
     assert all(name.startswith(("handlers/", "wire/")) for name in archive)
-    assert f"{handler_module(spec.handler).replace('.', '/')}.py" in archive
+    assert f"{handler_module(handler).replace('.', '/')}.py" in archive
+
+
+def test_the_authorizer_zip_carries_only_the_token_code(dev: Graph) -> None:
+    function = next(f for f in dev.of_type("aws:lambda/function:Function")
+                    if f.inputs["handler"] == AUTHORIZER_HANDLER)  # fmt: skip
+    assert set(function.inputs["code"]["archive"]) == {
+        "handlers/__init__.py", "handlers/authorize.py",
+        "wire/__init__.py", "wire/token.py", "wire/log_record.py",
+    }  # fmt: skip
 
 
 def test_every_handler_bundle_is_present_and_stable() -> None:
-    for spec in HANDLERS:
-        first = bundle_handler(ROOT, spec.handler).files
-        assert first == bundle_handler(ROOT, spec.handler).files
+    for handler in FUNCTION_HANDLERS.values():
+        first = bundle_handler(ROOT, handler).files
+        assert first == bundle_handler(ROOT, handler).files
         assert list(first) and "handlers/__init__.py" in first
 
 

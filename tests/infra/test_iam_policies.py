@@ -11,7 +11,8 @@ import pytest
 from parliament import analyze_policy_string
 
 from infra import iam
-from infra.functions import HANDLERS
+from infra.connect_authorizer import HANDLER as AUTHORIZER_HANDLER
+from infra.functions import HANDLERS, SESSION_COUNT_ACTION
 from infra.keys import KEY_POLICY_ACCOUNT_STATEMENT_SID
 from infra.websocket_api import API_GATEWAY_LOGS_MANAGED_POLICY
 from tests.infra.conftest import Graph
@@ -35,9 +36,13 @@ def actions_of(policy: dict, prefix: str) -> set[str]:
 # --- lint and least privilege ---------------------------------------------------------------
 
 
-def test_identity_policies_pass_parliament_without_findings(any_stack: Graph) -> None:
-    policies = identity_policies(any_stack)
-    assert len(policies) == 5  # three handlers, the worker's task and execution roles
+def test_identity_policies_pass_parliament_without_findings(every_stack: Graph) -> None:
+    policies = identity_policies(every_stack)
+    # One per function (route handlers, authorizer), the worker's task and execution roles,
+    # and on the lean route API Gateway's role for sending to the queue.
+    functions = len(every_stack.of_type("aws:lambda/function:Function"))
+    lean = every_stack.outputs["defaultRouteIntegration"] == "sqs"
+    assert len(policies) == functions + 2 + lean
     for name, policy in policies.items():
         findings = analyze_policy_string(json.dumps(policy)).findings
         assert not findings, f"{name}: {[(f.issue, f.detail) for f in findings]}"
@@ -78,10 +83,10 @@ def wildcard_problems(policy: dict, region: str) -> list[str]:
 
 
 def test_no_wildcard_action_and_no_wildcard_resource_beyond_the_named_exceptions(
-    any_stack: Graph,
+    every_stack: Graph,
 ) -> None:
-    region = any_stack.one("pulumi:providers:aws").inputs["region"]
-    for name, policy in identity_policies(any_stack).items():
+    region = every_stack.one("pulumi:providers:aws").inputs["region"]
+    for name, policy in identity_policies(every_stack).items():
         assert wildcard_problems(policy, region) == [], name
 
 
@@ -131,8 +136,8 @@ def test_the_policy_builder_refuses_broad_grants(stmt: dict) -> None:
         iam.check_least_privilege([{"Effect": "Allow", **stmt}])
 
 
-def test_roles_carry_only_their_own_inline_policy(any_stack: Graph) -> None:
-    attachments = any_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+def test_roles_carry_only_their_own_inline_policy(every_stack: Graph) -> None:
+    attachments = every_stack.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
     # The single managed policy: API Gateway's account-wide logging role, which serves every
     # API in the region and so cannot be scoped to this stack.
     assert [a.inputs["policyArn"] for a in attachments] == [
@@ -141,9 +146,9 @@ def test_roles_carry_only_their_own_inline_policy(any_stack: Graph) -> None:
 
 
 def test_trust_policies_admit_one_service_and_ecs_only_from_this_account(
-    any_stack: Graph,
+    every_stack: Graph,
 ) -> None:
-    for role in any_stack.of_type("aws:iam/role:Role"):
+    for role in every_stack.of_type("aws:iam/role:Role"):
         [stmt] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
         assert stmt["Action"] == "sts:AssumeRole" and stmt["Effect"] == "Allow"
         service = stmt["Principal"]["Service"]
@@ -183,6 +188,8 @@ BOTO3_ACTIONS = {
     "change_message_visibility": "sqs:ChangeMessageVisibility",
     "change_message_visibility_batch": "sqs:ChangeMessageVisibility",
     "get_queue_attributes": "sqs:GetQueueAttributes",
+    "scan": "dynamodb:Scan",
+    "get_secret_value": "secretsmanager:GetSecretValue",
 }
 CONNECTIONS_CALLS = {"post_to_connection": "POST", "get_connection": "GET",
                      "delete_connection": "DELETE"}  # fmt: skip
@@ -202,14 +209,65 @@ def boto3_calls(paths: list[Path], clients: set[str] | None = None) -> set[str]:
     return calls & (set(BOTO3_ACTIONS) | set(CONNECTIONS_CALLS))
 
 
+def module_path(handler: str) -> Path:
+    return ROOT / (handler.rpartition(".")[0].replace(".", "/") + ".py")
+
+
 @pytest.mark.parametrize("spec", HANDLERS, ids=lambda s: s.short_name)
 def test_each_handler_role_grants_exactly_the_calls_its_handler_makes(spec, prod: Graph) -> None:
-    module = ROOT / (spec.handler.rpartition(".")[0].replace(".", "/") + ".py")
+    # prod counts sessions (maxSessions keeps its default, 100), so $connect scans.
+    module = module_path(spec.handler)
     needed = {BOTO3_ACTIONS[c] for c in boto3_calls([module], {"dynamodb", "sqs"})}
     assert needed, f"no AWS calls found in {module}"
     policy = identity_policies(prod)[f"handlers-{spec.short_name}-policy"]
     granted = actions_of(policy, "dynamodb:") | actions_of(policy, "sqs:")
     assert granted == needed
+
+
+def test_connect_may_scan_the_table_only_when_it_limits_sessions(prod: Graph, dev_lean: Graph):
+    limited = identity_policies(prod)["handlers-connect-policy"]
+    unlimited = identity_policies(dev_lean)["handlers-connect-policy"]  # maxSessions = 0
+    assert SESSION_COUNT_ACTION in actions_of(limited, "dynamodb:")
+    assert actions_of(unlimited, "dynamodb:") == {"dynamodb:PutItem"}
+
+
+def test_the_authorizer_may_read_only_its_signing_key(every_stack: Graph) -> None:
+    calls = boto3_calls([module_path(AUTHORIZER_HANDLER)], {"secrets"})
+    assert calls == {"get_secret_value"}
+    policy = identity_policies(every_stack)["connect-auth-function-policy"]
+    secret = every_stack.named("connect-auth-secret").outputs["arn"]
+    [read] = [s for s in statements(policy) if s["Action"] == [BOTO3_ACTIONS["get_secret_value"]]]
+    assert read["Resource"] == [secret]
+    granted = {a for s in statements(policy) for a in s["Action"]}
+    assert not {a for a in granted if a.split(":")[0] in ("sqs", "dynamodb", "execute-api")}
+    kms = [s for s in statements(policy) if any(a.startswith("kms:") for a in s["Action"])]
+    if every_stack.of_type("aws:kms/key:Key"):
+        [stmt] = kms
+        assert stmt["Action"] == ["kms:Decrypt"]
+        assert stmt["Condition"]["StringEquals"]["kms:ViaService"].startswith("secretsmanager.")
+    else:
+        assert not kms
+
+
+def test_the_lean_route_role_may_only_send_to_the_audio_queue(lean_stack: Graph) -> None:
+    policy = identity_policies(lean_stack)["websocket-default-queue-policy"]
+    queue = lean_stack.by_output("url", lean_stack.outputs["audioQueueUrl"]).outputs["arn"]
+    [send] = [s for s in statements(policy) if s["Action"] == ["sqs:SendMessage"]]
+    assert send["Resource"] == [queue]
+    others = [s for s in statements(policy) if s is not send]
+    if lean_stack.of_type("aws:kms/key:Key"):
+        # A producer of a queue under our key: GenerateDataKey and Decrypt, through SQS only.
+        [data_key] = [k.outputs["arn"] for k in lean_stack.of_type("aws:kms/key:Key")
+                      if k.name == "keys-data"]  # fmt: skip
+        [kms] = others
+        assert kms["Action"] == ["kms:Decrypt", "kms:GenerateDataKey"]
+        assert kms["Resource"] == [data_key]
+        assert kms["Condition"]["StringEquals"]["kms:ViaService"].startswith("sqs.")
+    else:
+        assert others == []
+    role = lean_stack.named("websocket-default-queue-role")
+    [trust] = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert trust["Principal"] == {"Service": "apigateway.amazonaws.com"}
 
 
 def test_the_worker_task_role_covers_every_call_the_worker_makes(prod: Graph) -> None:

@@ -17,8 +17,10 @@ WORKER_ENV = {
     "SESSIONS_TABLE", "AUDIO_QUEUE_URL", "CONNECTIONS_ENDPOINT_URL", "REALTIME_BASE_URL",
     "REALTIME_MODEL", "REALTIME_VOICE", "REALTIME_INSTRUCTIONS", "AUDIO_CHUNK_BYTES",
     "AWS_REGION", "LOG_LEVEL", "HEALTH_FILE",
+    "MAX_CALL_SECONDS", "CLIENT_MESSAGES_PER_SECOND", "CLIENT_MESSAGE_BURST",
 }  # fmt: skip
 LAMBDA_ENV = {"SESSIONS_TABLE", "AUDIO_QUEUE_URL", "SESSION_TTL_SECONDS", "LOG_LEVEL"}
+CONNECT_ENV = LAMBDA_ENV | {"MAX_SESSIONS"}
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how Pulumi marks a secret value on the wire
 
 
@@ -37,21 +39,32 @@ def function_for(graph: Graph, handler: str):
                 if f.inputs["handler"] == handler)  # fmt: skip
 
 
+def route_permissions(graph: Graph) -> list:
+    """Invoke permissions of the route functions (the authorizer's has its own test)."""
+    return [p for p in graph.of_type("aws:lambda/permission:Permission")
+            if "/authorizers/" not in p.inputs["sourceArn"]]  # fmt: skip
+
+
 # --- whole stack ------------------------------------------------------------------------------
 
 
-def test_outputs_give_the_caller_and_the_operator_what_they_need(any_stack: Graph) -> None:
-    out = any_stack.outputs
-    api = any_stack.one("aws:apigatewayv2/api:Api")
-    region = any_stack.one("pulumi:providers:aws").inputs["region"]
+def test_outputs_give_the_caller_and_the_operator_what_they_need(every_stack: Graph) -> None:
+    out = every_stack.outputs
+    api = every_stack.one("aws:apigatewayv2/api:Api")
+    region = every_stack.one("pulumi:providers:aws").inputs["region"]
     host = f"{api.id}.execute-api.{region}.amazonaws.com"
     assert out["wssUrl"] == f"wss://{host}/{STAGE_NAME}"
     assert out["connectionsUrl"] == f"https://{host}/{STAGE_NAME}"
-    assert out["sessionsTable"] == any_stack.one("aws:dynamodb/table:Table").outputs["name"]
+    assert out["sessionsTable"] == every_stack.one("aws:dynamodb/table:Table").outputs["name"]
     assert out["audioQueueUrl"].endswith(".fifo") and "-audio.fifo" in out["audioQueueUrl"]
-    assert out["clusterName"] == any_stack.one("aws:ecs/cluster:Cluster").outputs["name"]
-    assert out["serviceName"] == any_stack.one("aws:ecs/service:Service").outputs["name"]
+    assert out["clusterName"] == every_stack.one("aws:ecs/cluster:Cluster").outputs["name"]
+    assert out["serviceName"] == every_stack.one("aws:ecs/service:Service").outputs["name"]
     assert out["imageDigest"] == DIGEST
+    # What `voice-agent token` reads to mint a token and print a ready URL.
+    assert out["authSecretArn"] == every_stack.named("connect-auth-secret").outputs["arn"]
+    stack = out["clusterName"].removeprefix("voice-agent-")
+    assert out["tokenAudience"] == f"voice-agent-{stack}"
+    assert out["defaultRouteIntegration"] in ("lambda", "sqs")
 
 
 def test_every_aws_resource_is_tagged_through_the_one_provider(any_stack: Graph) -> None:
@@ -128,7 +141,7 @@ def test_each_route_reaches_its_own_function_through_an_aws_proxy_integration(
 
 def test_invoke_permissions_are_scoped_to_this_api_stage_and_route(any_stack: Graph) -> None:
     api = any_stack.one("aws:apigatewayv2/api:Api")
-    permissions = any_stack.of_type("aws:lambda/permission:Permission")
+    permissions = route_permissions(any_stack)
     assert len(permissions) == 3
     by_function = {p.inputs["function"]: p for p in permissions}
     for spec in HANDLERS:
@@ -175,7 +188,7 @@ def test_functions_are_arm64_current_python_with_the_documented_environment(
         assert function.inputs["architectures"] == ["arm64"]
         assert function.inputs["runtime"] in ("python3.13", "python3.14")
         variables = function.inputs["environment"]["variables"]
-        assert set(variables) == LAMBDA_ENV
+        assert set(variables) == (CONNECT_ENV if spec.limits_sessions else LAMBDA_ENV)
         assert variables["SESSIONS_TABLE"] == table
         assert variables["AUDIO_QUEUE_URL"] == queue_url
         assert variables["SESSION_TTL_SECONDS"] == "7200"
@@ -186,19 +199,23 @@ def test_functions_are_arm64_current_python_with_the_documented_environment(
 
 
 def test_every_log_group_has_retention_and_every_function_logs_to_its_own(
-    dev: Graph, prod: Graph
+    dev: Graph, prod: Graph, dev_lean: Graph
 ) -> None:
-    for graph, days in ((dev, 7), (prod, 90)):
+    for graph, days in ((dev, 7), (prod, 90), (dev_lean, 7)):
         groups = {g.inputs["name"]: g for g in graph.of_type("aws:cloudwatch/logGroup:LogGroup")}
         assert all(g.inputs["retentionInDays"] == days for g in groups.values())
-        for spec in HANDLERS:
-            function = function_for(graph, spec.handler)
+        functions = graph.of_type("aws:lambda/function:Function")
+        for function in functions:
             name = f"/aws/lambda/{function.outputs['name']}"
             assert name in groups
             assert function.inputs["loggingConfig"]["logGroup"] == name
         assert container(graph)["logConfiguration"]["options"]["awslogs-group"] in groups
         assert any(name.startswith("/aws/apigateway/") for name in groups)
-        assert len(groups) == 6  # three functions, the worker, the stage (access, execution)
+        # The functions, the worker, the stage (access, execution).
+        assert len(groups) == len(functions) + 3
+    # The route handlers and the authorizer; the lean route has no $default function.
+    assert len(dev.of_type("aws:lambda/function:Function")) == 4
+    assert len(dev_lean.of_type("aws:lambda/function:Function")) == 3
 
 
 def test_provisioned_concurrency_only_when_configured(dev: Graph, prod: Graph) -> None:
@@ -237,7 +254,8 @@ def test_sessions_table_is_on_demand_keyed_by_connection_with_ttl(any_stack: Gra
 def test_point_in_time_recovery_in_prod_and_hipaa_only(stacks: dict[str, Graph]) -> None:
     pitr = {name: g.one("aws:dynamodb/table:Table").inputs["pointInTimeRecovery"]["enabled"]
             for name, g in stacks.items()}  # fmt: skip
-    assert pitr == {"dev": False, "prod": True, "dev_hipaa": True}
+    assert pitr == {"dev": False, "prod": True, "dev_hipaa": True, "dev_lean": False,
+                    "hipaa_lean": True}  # fmt: skip
 
 
 def test_audio_queue_is_high_throughput_fifo_with_a_fifo_dead_letter_queue(
@@ -307,7 +325,7 @@ def test_task_pins_the_pushed_digest_and_gets_the_key_only_as_a_secret(any_stack
     env = environment(any_stack)
     assert set(env) == WORKER_ENV
     assert "OPENAI_API_KEY" not in env
-    secret = any_stack.one("aws:secretsmanager/secret:Secret")
+    secret = any_stack.named("openai-key-secret")
     assert spec["secrets"] == [{"name": "OPENAI_API_KEY", "valueFrom": secret.outputs["arn"]}]
     api = any_stack.one("aws:apigatewayv2/api:Api")
     region = env["AWS_REGION"]
@@ -339,13 +357,14 @@ def test_the_image_is_built_for_arm64_from_the_repo_root_and_pushed_to_ecr(
 def test_the_openai_key_is_a_pulumi_secret_and_appears_nowhere_else(
     dev: Graph, prod: Graph
 ) -> None:
-    version = dev.one("aws:secretsmanager/secretVersion:SecretVersion")
+    version = dev.named("openai-key-value")
     assert version.inputs["secretString"][SECRET_SIG]  # marked secret, encrypted in state
     others = [r.inputs for r in dev.resources if r is not version]
     assert OPENAI_TEST_KEY not in json.dumps(others, default=str)
     # Without the config value: the secret exists, empty, for put-secret-value.
-    assert prod.of_type("aws:secretsmanager/secret:Secret")
-    assert not prod.of_type("aws:secretsmanager/secretVersion:SecretVersion")
+    assert prod.named("openai-key-secret")
+    versions = [v.name for v in prod.of_type("aws:secretsmanager/secretVersion:SecretVersion")]
+    assert versions == ["connect-auth-value"]
 
 
 # --- network and encryption -----------------------------------------------------------------
@@ -411,11 +430,13 @@ def test_hipaa_mode_encrypts_everything_with_rotating_customer_keys(hipaa_stack:
     assert len(queues) == 2 and all(q.inputs["kmsMasterKeyId"] == data for q in queues)
     table = graph.one("aws:dynamodb/table:Table")
     assert table.inputs["serverSideEncryption"] == {"enabled": True, "kmsKeyArn": data}
-    assert graph.one("aws:secretsmanager/secret:Secret").inputs["kmsKeyId"] == data
+    secrets = graph.of_type("aws:secretsmanager/secret:Secret")
+    assert len(secrets) == 2 and all(s.inputs["kmsKeyId"] == data for s in secrets)
     assert graph.one("aws:ecr/repository:Repository").inputs["encryptionConfigurations"] == [
         {"encryptionType": "KMS", "kmsKey": data}]  # fmt: skip
     groups = graph.of_type("aws:cloudwatch/logGroup:LogGroup")
-    assert len(groups) == 6 and all(g.inputs["kmsKeyId"] == logs for g in groups)
+    functions = graph.of_type("aws:lambda/function:Function")
+    assert len(groups) == len(functions) + 3 and all(g.inputs["kmsKeyId"] == logs for g in groups)
     # The logs key lets the CloudWatch Logs service use it, for this account's log groups only.
     region = graph.one("pulumi:providers:aws").inputs["region"]
     statements = json.loads(keys["keys-logs"].inputs["policy"])["Statement"]
