@@ -88,7 +88,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         except tokens.TokenError as second:
             return _refuse(event, fields, second)
     log.info("connect allowed", extra={**fields, "expires_at": claims.expires_at})
-    context_out = {"tokenExpiresAt": claims.expires_at}
+    context_out: dict[str, Any] = {"tokenExpiresAt": claims.expires_at}
     if claims.subject:
         context_out["subject"] = claims.subject[:128]
     return _policy("Allow", event["methodArn"], context_out)

@@ -268,3 +268,11 @@ def test_voice_agent_token_mints_a_url_that_connects(stack: RunningStack) -> Non
             return orjson.loads(await asyncio.wait_for(ws.recv(), timeout=10))["type"]
 
     assert asyncio.run(ready()) == "ready"
+
+
+def test_the_lean_sqs_route_carries_a_call_bit_exact() -> None:
+    # $default as API Gateway's SQS integration: no Lambda per frame, same queue message.
+    with local_stack("--default-route", "sqs") as lean:
+        result = asyncio.run(call_gateway(lean.ws_url, THREE_TURNS, pace=1.0))
+    assert result.errors == []
+    assert result.reply_pcm == expected_echo(THREE_TURNS)

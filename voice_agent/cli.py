@@ -46,6 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="downlink PCM bytes per message (default 4800 = 100 ms)",
     )
     local.add_argument(
+        "--default-route",
+        choices=("lambda", "sqs"),
+        default="lambda",
+        help="$default as a Lambda (default) or the lean SQS integration (defaultRouteIntegration)",
+    )
+    local.add_argument(
         "--max-sessions",
         type=int,
         default=100,
@@ -107,6 +113,7 @@ def _run_local(args: argparse.Namespace) -> int:
         chunk_bytes=args.chunk_bytes,
         log_level=args.log_level,
         max_sessions=args.max_sessions,
+        default_route=args.default_route,
     )
 
     async def serve() -> None:

@@ -55,6 +55,9 @@ class LocalStackOptions:
     log_level: str = "WARNING"
     # Extra environment for worker processes (benchmarks and tests tune the worker here).
     worker_env: dict[str, str] = field(default_factory=dict)
+    # "lambda": $default runs the handler; "sqs": API Gateway's SQS integration (no Lambda),
+    # emulated with the very mapping template the stack deploys.
+    default_route: str = "lambda"
     # Concurrent calls $connect admits (0 = no limit), as the stack's maxSessions.
     max_sessions: int = 100
     # Lifetime of the token in the printed URLs (`voice-agent token --local` mints more).
@@ -265,6 +268,12 @@ class LocalStack:
             "$default": importlib.import_module("handlers.default").handler,
             "$disconnect": importlib.import_module("handlers.disconnect").handler,
         }
+        if self.options.default_route == "sqs":
+            from emulators.sqs_integration import sqs_integration_target
+
+            routes["$default"] = sqs_integration_target(
+                boto3.client("sqs", region_name=REGION), os.environ["AUDIO_QUEUE_URL"]
+            )
         return ApiGatewayEmulator(
             routes=routes,
             authorizer=importlib.import_module("handlers.authorize").handler,

@@ -101,7 +101,9 @@ def verify(token: str, secret: bytes, audience: str, *, now: float | None = None
     if claims.get("aud") != audience:
         raise TokenError("token is for another stack")
     issued, expires = claims.get("iat"), claims.get("exp")
-    if not (_is_int(issued) and _is_int(expires)):
+    if not (isinstance(issued, int) and isinstance(expires, int)) or not (
+        _is_int(issued) and _is_int(expires)
+    ):
         raise TokenError("token needs integer iat and exp")
     current = time.time() if now is None else now
     if expires - issued > MAX_TTL_SECONDS:
