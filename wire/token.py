@@ -24,6 +24,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
+from typing import TypeGuard
 
 ALGORITHM = "HS256"
 MAX_TTL_SECONDS = 3_600
@@ -101,9 +102,7 @@ def verify(token: str, secret: bytes, audience: str, *, now: float | None = None
     if claims.get("aud") != audience:
         raise TokenError("token is for another stack")
     issued, expires = claims.get("iat"), claims.get("exp")
-    if not (isinstance(issued, int) and isinstance(expires, int)) or not (
-        _is_int(issued) and _is_int(expires)
-    ):
+    if not (_is_int(issued) and _is_int(expires)):
         raise TokenError("token needs integer iat and exp")
     current = time.time() if now is None else now
     if expires - issued > MAX_TTL_SECONDS:
@@ -121,7 +120,7 @@ def verify(token: str, secret: bytes, audience: str, *, now: float | None = None
     )
 
 
-def _is_int(value: object) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
