@@ -527,7 +527,16 @@ class ApiGatewayEmulator:
             transport.abort()
 
     def _lose(self, conn: _Connection, reason: str) -> None:
-        """The connection cannot be written to any more: stop taking posts and cut it off."""
+        """The connection cannot be written to any more: stop taking posts and cut it off.
+
+        If its close was already under way (the client's close frame arrived while frames
+        were still queued for it), the close code recorded then stands: $disconnect reports
+        how the connection really ended, not this last failed write."""
+        if conn.closing:
+            transport = conn.request.transport
+            if transport is not None:
+                transport.abort()
+            return
         conn.closing = True
         self._connections.pop(conn.connection_id, None)
         conn.disconnect_reason = reason
