@@ -89,12 +89,18 @@ def test_frame_wait() -> None:
 # --- the ramp -----------------------------------------------------------------------------
 
 
+ISSUE_LEVELS = (10, 25, 50, 100, 200, 300)
+
+
 def test_ramp_levels() -> None:
-    assert ramp_levels(60) == [10, 25, 50, 60]
-    assert ramp_levels(300) == [10, 25, 50, 100, 200, 300]
-    assert ramp_levels(2) == [2]
+    assert ramp_levels(60, ISSUE_LEVELS) == [10, 25, 50, 60]
+    assert ramp_levels(300, ISSUE_LEVELS) == [10, 25, 50, 100, 200, 300]
+    assert ramp_levels(2, ISSUE_LEVELS) == [2]
     with pytest.raises(ValueError):
         ramp_levels(0)
+    # The default steps rise and pass the issue's target of 300 calls.
+    assert list(bench.DEFAULT_LEVELS) == sorted(set(bench.DEFAULT_LEVELS))
+    assert 300 in bench.DEFAULT_LEVELS
 
 
 def test_a_level_passes_only_without_errors_and_within_the_limit() -> None:
@@ -108,7 +114,7 @@ def run_fake_ramp(
     max_calls: int, p99_at: dict[int, float], errors_at: frozenset[int] = frozenset()
 ) -> tuple[list[int], tuple[int, int | None]]:
     """The bench's ramp loop with fake measurements: the levels run and the verdict."""
-    levels = ramp_levels(max_calls)
+    levels = ramp_levels(max_calls, ISSUE_LEVELS)
     done: list[LevelOutcome] = []
     while (calls := next_level(levels, done, 50)) is not None:
         done.append(LevelOutcome(calls, p99_at[calls], 1 if calls in errors_at else 0))
@@ -191,6 +197,7 @@ def test_downlink_relay_waits_for_the_last_byte_of_each_delta() -> None:
     # item "b" was cut by barge-in and never arrived.
     received = [(2.004, "a", 2400), (2.065, "a", 9600)]
     assert downlink_relay_ms(deltas, received) == pytest.approx([4.0, 55.0, 45.0])
+    assert downlink_relay_ms(deltas, received, first_only=True) == pytest.approx([4.0])
 
 
 def test_the_emulator_clock_reads_appends_and_deltas() -> None:
@@ -281,7 +288,7 @@ def test_quick_json_runs_end_to_end(tmp_path: Path) -> None:
         # As heard = VAD silence + frame wait + path.
         assert latency[path]["latency_ms"]["median"] > 500
     assert {"added_median_ms", "ratio_median", "meets_target"} <= set(latency)
-    for direction in ("uplink", "downlink"):
+    for direction in ("uplink", "downlink", "downlink_first"):
         assert report["relay"][direction]["full"]["count"] >= 1
     capacity = report["capacity"]
     assert [level["calls"] for level in capacity["levels"]] == [2]

@@ -71,7 +71,11 @@ TARGET_CALLS_PER_CORE = 300
 TARGET_P99_ADDED_MS = 50.0
 TARGET_HANDLER_INIT_MS = 150.0
 
-DEFAULT_LEVELS = (10, 25, 50, 100, 200, 300, 400, 500, 750, 1000)
+# Fine steps at the low end, where the local stack's moto gives out, then the issue's.
+DEFAULT_LEVELS = (
+    *(2, 3, 4, 5, 7, 10, 15, 20, 25, 35, 50, 75),
+    *(100, 150, 200, 300, 400, 500, 750, 1000),
+)
 DEFAULT_CHUNK_BYTES = (2400, 4800, 9600, 24000)
 DEFAULT_FRAME_MS = (20, 40, 100, 200)
 STACK_CHUNK_BYTES = 4800  # the worker's default; the main stack runs with it
@@ -367,6 +371,18 @@ class BenchEmulator(RealtimeEmulator):
 _call_numbers = itertools.count(1)
 
 
+class ScriptTimeline(CallTimeline):
+    """The caller's timeline, which also waits for every turn the script holds: when the
+    uplink lags, a call must not hang up before the model has heard its last turn."""
+
+    def __init__(self, expected_turns: int) -> None:
+        super().__init__(1.0)
+        self.expected_turns = expected_turns
+
+    def replies_complete(self) -> bool:
+        return len(self.result.turns) >= self.expected_turns and super().replies_complete()
+
+
 @dataclass
 class CallTrace:
     """One call as the caller saw it."""
@@ -381,6 +397,7 @@ class CallTrace:
     audio_ms: int = 0
     audio_posts: int = 0
     audio_bytes: int = 0
+    messages: int = 0  # every server message after ready: @connections posts on the full path
     error: str | None = None
 
     @property
@@ -397,7 +414,7 @@ async def call_full_path(
     pcm = marked(script.pcm, trace.number)
     async with connect(url, max_size=2**20, compression=None, open_timeout=60) as socket:
         ready = asyncio.Event()
-        holder: dict[str, CallTimeline] = {}
+        holder: dict[str, ScriptTimeline] = {}
         item_bytes: dict[str, int] = {}
 
         async def receive() -> None:
@@ -412,6 +429,7 @@ async def call_full_path(
                 if timeline is None:
                     continue
                 timeline.heard()
+                trace.messages += 1
                 if kind == proto.EventType.AUDIO:
                     pcm_in = proto.decode_audio(event)
                     timeline.audio(pcm_in)
@@ -434,7 +452,7 @@ async def call_full_path(
             except TimeoutError:
                 trace.error = "no ready within 30 s"
                 return
-            timeline = CallTimeline(1.0)
+            timeline = ScriptTimeline(len(script.turn_end_ms))
             holder["timeline"] = timeline
             trace.started_at = timeline.t0
             trace.audio_ms = script.audio_ms + DEFAULT_TAIL_MS
@@ -471,7 +489,7 @@ async def call_direct(
         async for frame in socket:
             if orjson.loads(frame).get("type") == rt.SESSION_UPDATED:
                 break
-        timeline = CallTimeline(1.0)
+        timeline = ScriptTimeline(len(script.turn_end_ms))
         trace.started_at = timeline.t0
         trace.audio_ms = script.audio_ms + DEFAULT_TAIL_MS
         item_bytes: dict[str, int] = {}
@@ -587,15 +605,23 @@ def uplink_relay_ms(sent_at: Sequence[float], frame_bytes: int, clock: SessionCl
 
 
 def downlink_relay_ms(
-    deltas: Sequence[tuple[float, str, int]], received: Sequence[tuple[float, str, int]]
+    deltas: Sequence[tuple[float, str, int]],
+    received: Sequence[tuple[float, str, int]],
+    *,
+    first_only: bool = False,
 ) -> list[float]:
     """Per model delta: from the model sending it to the caller receiving its last byte.
-    Deltas the caller never received (cut by barge-in) are left out."""
+    Deltas the caller never received (cut by barge-in) are left out. ``first_only``: only
+    the first delta of each reply, the one that decides how fast the agent answers."""
     by_item: dict[str, list[tuple[float, int]]] = {}
     for at, item, total in received:
         by_item.setdefault(item, []).append((at, total))
     out = []
+    seen: set[str] = set()
     for sent, item, total in deltas:
+        if first_only and item in seen:
+            continue
+        seen.add(item)
         arrivals = by_item.get(item, [])
         arrival = next((at for at, got in arrivals if got >= total), None)
         if arrival is not None:
@@ -607,6 +633,7 @@ def downlink_relay_ms(
 class Relay:
     uplink: list[float] = field(default_factory=list)
     downlink: list[float] = field(default_factory=list)
+    downlink_first: list[float] = field(default_factory=list)
 
     def add(self, trace: CallTrace, emulator: BenchEmulator) -> None:
         clock = emulator.clocks.pop(trace.number, None)
@@ -614,6 +641,7 @@ class Relay:
             return
         self.uplink += uplink_relay_ms(trace.sent_at, ms_to_bytes(trace.frame_ms), clock)
         self.downlink += downlink_relay_ms(clock.deltas, trace.audio)
+        self.downlink_first += downlink_relay_ms(clock.deltas, trace.audio, first_only=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -700,15 +728,16 @@ class StackProcess:
             line = await asyncio.wait_for(asyncio.to_thread(self.process.stdout.readline), 90)
             info = json.loads(line)
         except (TimeoutError, json.JSONDecodeError) as exc:
+            tail = self.log_tail()
             await self.__aexit__()
-            raise RuntimeError(f"the local stack did not start: {self.log_tail()}") from exc
+            raise RuntimeError(f"the local stack did not start: {tail}") from exc
         self.websocket_url = info["websocket"]
         self.pid = int(info["pid"])
         self.worker_pid = int(info["worker_pids"][0])
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        process = self.process
+        process, self.process = self.process, None
         if process is None:
             return
         if process.poll() is None and process.stdin is not None:
@@ -906,6 +935,8 @@ async def side_by_side(
     relay: dict[CallPath, Relay] = {"full": Relay(), "direct": Relay()}
     errors: list[str] = []
     calls = math.ceil(settings.turns / settings.turns_per_call)
+    meter = CpuMeter({"worker": stack.worker_pid})
+    meter.start()
     for _ in range(calls):
         script = speech_script(min(settings.turns_per_call, turns_left))
         turns_left -= len(script.turn_end_ms)
@@ -919,8 +950,27 @@ async def side_by_side(
             relay[trace.path].add(trace, emulator)
             errors += [f"{trace.path}: {e}" for e in call_errors(trace, script)]
         progress.update("latency", weight / calls)
+    _, worker_cpu = meter.stop()
     samples = {p: [s for t in traces[p] for s in turn_samples(t)] for p in traces}
-    out: dict[str, Any] = {"frame_ms": 100, "errors": errors}
+    call_minutes = sum(t.audio_ms for t in traces["full"] if t.started_at is not None) / 60_000
+    full_traces = [t for t in traces["full"] if t.started_at is not None]
+    out: dict[str, Any] = {
+        "frame_ms": 100,
+        "errors": errors,
+        # What one call of this script costs in messages (talk ratio ~0.4: 0.6-0.8 s replies
+        # to 0.6-0.8 s turns every 1.8 s).
+        "downlink_posts_per_call_minute": (
+            round(sum(t.messages for t in full_traces) / call_minutes, 1) if call_minutes else None
+        ),
+        "downlink_audio_posts_per_call_minute": (
+            round(sum(t.audio_posts for t in full_traces) / call_minutes, 1)
+            if call_minutes
+            else None
+        ),
+        "worker_cpu_s_per_call_minute": (
+            round(worker_cpu["worker"] / call_minutes, 3) if call_minutes else None
+        ),
+    }
     for p in ("full", "direct"):
         out[p] = {
             "latency_ms": _summary_json(s.latency_ms for s in samples[p]),
@@ -944,9 +994,9 @@ async def side_by_side(
         out["meets_target"] = out["added_median_ms"] <= TARGET_ADDED_MEDIAN_MS
     relay_out = {
         direction: {p: _summary_json(getattr(relay[p], direction)) for p in ("full", "direct")}
-        for direction in ("uplink", "downlink")
+        for direction in ("uplink", "downlink", "downlink_first")
     }
-    for direction in ("uplink", "downlink"):
+    for direction in ("uplink", "downlink", "downlink_first"):
         full_r, direct_r = getattr(relay["full"], direction), getattr(relay["direct"], direction)
         if full_r and direct_r:
             relay_out[direction]["added_median_ms"] = round(
@@ -1039,12 +1089,13 @@ async def capacity_ramp(
         progress.update(f"capacity: {calls} calls done", weight / len(levels))
         await asyncio.sleep(2)  # let the stack drain the disconnects
     carried, failed_at = ramp_capacity(done, settings.limit_ms)
-    per_minute = [
-        r["worker_cpu_s_per_call_minute"]
-        for r in results
-        if r["worker_cpu_s_per_call_minute"] is not None and r["calls"] <= max(carried, 1)
-    ]
-    cpu_per_call_minute = per_minute[-1] if per_minute else None
+    # The worker's CPU per call-minute at the busiest level without errors (its batches
+    # fill as calls grow, so the figure falls with load), else at the first level.
+    measured = [r for r in results if r["worker_cpu_s_per_call_minute"] is not None]
+    clean = [r for r in measured if not r["errors"]]
+    cpu_level = clean[-1] if clean else (measured[0] if measured else None)
+    cpu_per_call_minute = cpu_level["worker_cpu_s_per_call_minute"] if cpu_level else None
+    progress.update("capacity done", weight * (1 - len(results) / len(levels)))
     return {
         "limit_p99_added_ms": settings.limit_ms,
         "baseline_path_median_ms": round(baseline_path_ms, 1),
@@ -1054,6 +1105,7 @@ async def capacity_ramp(
         "reached_max_calls": failed_at is None,
         "worker_idle_cpu_percent": round(idle_cpu["worker"] / idle_wall * 100, 2),
         "worker_cpu_s_per_call_minute": cpu_per_call_minute,
+        "worker_cpu_measured_at_calls": cpu_level["calls"] if cpu_level else None,
         # If the worker alone were the limit: one core's seconds per minute over its cost.
         "worker_cpu_bound_calls_per_core": (
             int(60 / cpu_per_call_minute) if cpu_per_call_minute else None
@@ -1222,44 +1274,55 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     progress.update("cold start done", 5)
     emulator = BenchEmulator()
     await emulator.start()
+    stack = await StackProcess(
+        emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers
+    ).__aenter__()
     try:
-        progress.update("starting the local stack")
-        async with StackProcess(
-            emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers
-        ) as stack:
-            first, baseline = await side_by_side(stack, emulator, settings, progress, 30)
-            report.update(first)
-            if "capacity" not in settings.skip and baseline:
-                report["capacity"] = await capacity_ramp(
-                    stack, emulator, settings, baseline, progress, 40
-                )
-            else:
-                progress.update("capacity skipped", 40)
-            if "frames" not in settings.skip:
-                for frame_ms in settings.frame_ms:
-                    progress.update(f"uplink frames of {frame_ms} ms")
-                    point = await frame_point(stack, emulator, frame_ms, settings.sweep_turns)
-                    report["frame_sweep"].append(point)
-                    progress.update(f"frames {frame_ms} ms done", 10 / len(settings.frame_ms))
-            if "chunks" not in settings.skip and STACK_CHUNK_BYTES in settings.chunk_bytes:
-                progress.update(f"downlink chunks of {STACK_CHUNK_BYTES} B")
-                point = await chunk_point(stack, emulator, STACK_CHUNK_BYTES, settings.sweep_turns)
-                report["chunk_sweep"].append(point)
-                progress.update("chunks done", 15 / len(settings.chunk_bytes))
+        progress.update("local stack started")
+        first, baseline = await side_by_side(stack, emulator, settings, progress, 30)
+        report.update(first)
+        if "capacity" not in settings.skip and baseline:
+            report["capacity"] = await capacity_ramp(
+                stack, emulator, settings, baseline, progress, 40
+            )
+            if report["capacity"]["failed_at"]:
+                # A level that failed may have left a backlog in the queue.
+                progress.update("restarting the local stack")
+                await stack.__aexit__()
+                stack = await StackProcess(
+                    emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers
+                ).__aenter__()
+        else:
+            progress.update("capacity skipped", 40)
+        if "frames" not in settings.skip:
+            for frame_ms in settings.frame_ms:
+                progress.update(f"uplink frames of {frame_ms} ms")
+                point = await frame_point(stack, emulator, frame_ms, settings.sweep_turns)
+                report["frame_sweep"].append(point)
+                progress.update(f"frames {frame_ms} ms done", 10 / len(settings.frame_ms))
+        if "chunks" not in settings.skip and STACK_CHUNK_BYTES in settings.chunk_bytes:
+            progress.update(f"downlink chunks of {STACK_CHUNK_BYTES} B")
+            point = await chunk_point(stack, emulator, STACK_CHUNK_BYTES, settings.sweep_turns)
+            report["chunk_sweep"].append(point)
+            progress.update("chunks done", 15 / len(settings.chunk_bytes))
+        await stack.__aexit__()
         if "chunks" not in settings.skip:
             for chunk in settings.chunk_bytes:
                 if chunk == STACK_CHUNK_BYTES:
                     continue
                 progress.update(f"downlink chunks of {chunk} B (restarting the stack)")
-                async with StackProcess(
+                stack = await StackProcess(
                     emulator.url, chunk_bytes=chunk, pollers=settings.pollers
-                ) as stack:
-                    point = await chunk_point(stack, emulator, chunk, settings.sweep_turns)
+                ).__aenter__()
+                point = await chunk_point(stack, emulator, chunk, settings.sweep_turns)
+                await stack.__aexit__()
                 report["chunk_sweep"].append(point)
                 progress.update(f"chunks {chunk} B done", 15 / len(settings.chunk_bytes))
             report["chunk_sweep"].sort(key=lambda p: p["chunk_bytes"])
     finally:
+        await stack.__aexit__()  # stopping a stopped stack does nothing
         await emulator.stop()
+    progress.update("done", progress.total)
     report["machine"]["load_average_end"] = _load_average()
     report["targets"] = targets(report)
     report["elapsed_s"] = round(time.monotonic() - began, 1)
@@ -1345,6 +1408,13 @@ def format_table(report: dict[str, Any]) -> str:
                 f"ratio {latency['ratio_median']:.3f} as heard, "
                 f"{latency['path_ratio_median']:.2f} on the path; {turns} turns each"
             )
+        if latency.get("worker_cpu_s_per_call_minute") is not None:
+            lines.append(
+                f"  worker CPU with one call: {latency['worker_cpu_s_per_call_minute']:.2f} s "
+                f"per call-minute; {latency['downlink_posts_per_call_minute']:.0f} @connections "
+                f"posts per call-minute ({latency['downlink_audio_posts_per_call_minute']:.0f} "
+                "of them audio)"
+            )
         for error in latency["errors"][:5]:
             lines.append(f"  error: {error}")
     relay = report.get("relay")
@@ -1354,6 +1424,7 @@ def format_table(report: dict[str, Any]) -> str:
         for direction, label in (
             ("uplink", "uplink (frame -> model)"),
             ("downlink", "downlink (delta -> caller)"),
+            ("downlink_first", "  first delta of a reply"),
         ):
             lines.append(
                 f"  {label:28} {_triple(relay[direction]['full']):>18} "
@@ -1389,7 +1460,8 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {verdict}")
         if capacity["worker_cpu_s_per_call_minute"]:
             lines.append(
-                f"  worker CPU {capacity['worker_cpu_s_per_call_minute']:.3f} s per call-minute: "
+                f"  worker CPU {capacity['worker_cpu_s_per_call_minute']:.3f} s per call-minute "
+                f"at {capacity['worker_cpu_measured_at_calls']} calls: "
                 f"{capacity['worker_cpu_bound_calls_per_core']} calls per core if the worker "
                 f"alone were the limit; idle {capacity['worker_idle_cpu_percent']:.1f}% of a core"
             )
@@ -1465,6 +1537,7 @@ def plot_capacity(report: dict[str, Any], path: Path) -> bool:
         return False
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -1474,16 +1547,17 @@ def plot_capacity(report: dict[str, Any], path: Path) -> bool:
     calls = [lv["calls"] for lv in levels]
     median = [lv["added_ms"]["median"] for lv in levels]
     p99 = [lv["added_ms"]["p99"] for lv in levels]
-    figure, axes = plt.subplots(figsize=(8, 4.8), dpi=110)
+    one_call = (report.get("latency") or {}).get("full", {}).get("path_ms")
+    if one_call:  # the baseline itself: added is the path less its own median
+        calls, median = [1, *calls], [0.0, *median]
+        p99 = [one_call["p99"] - one_call["median"], *p99]
+    figure, (axes, cpu_axes) = plt.subplots(
+        2, 1, figsize=(8, 6.4), dpi=110, sharex=True, gridspec_kw={"height_ratios": [3, 2]}
+    )
+    limit = capacity["limit_p99_added_ms"]
     axes.plot(calls, p99, "o-", color="#c0392b", label="p99 added")
     axes.plot(calls, median, "s-", color="#2c7fb8", label="median added")
-    axes.axhline(
-        capacity["limit_p99_added_ms"],
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label=f"limit: p99 added {capacity['limit_p99_added_ms']:g} ms",
-    )
+    axes.axhline(limit, color="grey", linestyle="--", linewidth=1, label=f"limit {limit:g} ms")
     for level in levels:
         if level["errors"]:
             axes.annotate(
@@ -1494,20 +1568,42 @@ def plot_capacity(report: dict[str, Any], path: Path) -> bool:
                 fontsize=8,
                 color="#c0392b",
             )
-    axes.set_xscale("log")
-    axes.set_xticks(calls)
-    axes.set_xticklabels([str(c) for c in calls])
-    axes.set_xlabel("concurrent calls on one worker process")
-    axes.set_ylabel("added latency over 1 call, ms")
+    # Linear up to the limit, logarithmic above: both the target and a collapse stay legible.
+    axes.set_yscale("symlog", linthresh=limit, linscale=1.5)
+    top = max(limit * 2, *p99) * 1.6
+    bottom = min(-5.0, *median) * 1.2
+    axes.set_ylim(bottom, top)
+    ticks = (-25, 0, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000)
+    axes.set_yticks([t for t in ticks if bottom <= t <= top])
+    axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    axes.yaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    axes.set_ylabel("added over 1 call, ms")
     machine = report["machine"]
     axes.set_title(
-        "End of speech -> first audio: latency added by load\n"
-        f"local stack, {machine['cores']} cores shared by moto, gateway, worker, model "
-        "emulator and callers",
-        fontsize=10,
+        "End of speech -> first audio: latency added by concurrent calls\n"
+        f"local stack on {machine['cores']} cores shared by moto, the gateway emulator, the "
+        "worker, the model emulator and the callers",
+        fontsize=9,
     )
     axes.grid(True, which="major", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
+    names = {
+        "worker": "worker process",
+        "stack": "moto + gateway + handlers",
+        "bench": "callers + model emulator",
+    }
+    for name, style in (("worker", "o-"), ("stack", "^-"), ("bench", "x-")):
+        axes_x = [lv["calls"] for lv in levels]
+        cpu_axes.plot(axes_x, [lv["cpu_percent"][name] for lv in levels], style, label=names[name])
+    cpu_axes.set_ylabel("CPU, % of one core")
+    cpu_axes.set_ylim(0, max(110, *(max(lv["cpu_percent"].values()) + 10 for lv in levels)))
+    cpu_axes.grid(True, alpha=0.3)
+    cpu_axes.legend(fontsize=8, loc="upper left")
+    cpu_axes.set_xscale("log")
+    cpu_axes.set_xticks(calls)
+    cpu_axes.set_xticklabels([str(c) for c in calls])
+    cpu_axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    cpu_axes.set_xlabel("concurrent calls on one worker process")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
