@@ -71,6 +71,10 @@ class _Timeline:
         self.last_event_at = self.t0
         self.result = CallResult()
 
+    def restart(self) -> None:
+        """Start the clock now: the caller begins to speak."""
+        self.t0 = self.last_event_at = time.monotonic()
+
     def heard(self) -> None:
         self.last_event_at = time.monotonic()
 
@@ -97,12 +101,36 @@ async def _stream(
     send_audio: Callable[[bytes], Awaitable[None]],
     timeline: _Timeline,
     pcm: bytes,
+    receiver: asyncio.Task[None],
     *,
     frame_ms: int,
     tail_ms: int,
     settle_timeout_s: float,
 ) -> None:
-    """Send ``pcm`` then silence, paced like a microphone, until every turn is answered."""
+    """Send ``pcm`` then silence, paced like a microphone, until every turn is answered;
+    then stop ``receiver``, the task reading the replies."""
+    try:
+        await _send_paced(
+            send_audio,
+            timeline,
+            pcm,
+            frame_ms=frame_ms,
+            tail_ms=tail_ms,
+            settle_timeout_s=settle_timeout_s,
+        )
+    finally:
+        receiver.cancel()
+
+
+async def _send_paced(
+    send_audio: Callable[[bytes], Awaitable[None]],
+    timeline: _Timeline,
+    pcm: bytes,
+    *,
+    frame_ms: int,
+    tail_ms: int,
+    settle_timeout_s: float,
+) -> None:
     frame_bytes = ms_to_bytes(frame_ms)
     silence = bytes(frame_bytes)
     sent_ms = 0
@@ -142,8 +170,7 @@ async def call_gateway(
     """Call a voice-agent WebSocket endpoint (client protocol) and collect the replies."""
     async with connect(url, max_size=2**20, compression=None) as socket:
         ready = asyncio.Event()
-        timeline: _Timeline | None = None
-        holder: dict[str, _Timeline] = {}
+        timeline = _Timeline(pace)
 
         async def receive() -> None:
             async for frame in socket:
@@ -152,20 +179,18 @@ async def call_gateway(
                 if kind == proto.EventType.READY:
                     ready.set()
                     continue
-                line = holder.get("timeline")
-                if line is None:
-                    continue
-                line.heard()
-                if kind != proto.EventType.AUDIO:
-                    line.result.events.append(event)
+                timeline.heard()
                 if kind == proto.EventType.AUDIO:
-                    line.audio(proto.decode_audio(event))
-                elif kind == proto.EventType.SPEECH_STOPPED:
-                    line.speech_stopped(int(event.get("speech_end_ms", event["audio_end_ms"])))
+                    timeline.audio(proto.decode_audio(event))
+                    continue
+                timeline.result.events.append(event)
+                if kind == proto.EventType.SPEECH_STOPPED:
+                    end_ms = event.get("speech_end_ms", event["audio_end_ms"])
+                    timeline.speech_stopped(int(end_ms))
                 elif kind == proto.EventType.AUDIO_DONE:
-                    line.result.audio_items_done += 1
+                    timeline.result.audio_items_done += 1
                 elif kind == proto.EventType.ERROR:
-                    line.result.errors.append(event)
+                    timeline.result.errors.append(event)
 
         receiver = asyncio.create_task(receive())
         try:
@@ -174,25 +199,21 @@ async def call_gateway(
             await asyncio.wait_for(ready.wait(), timeout=ready_timeout_s)
         except TimeoutError:
             pass  # a deployment that never says ready still gets the audio
-        timeline = _Timeline(pace)
-        holder["timeline"] = timeline
-
+        timeline.restart()
         sequence = itertools.count()
 
         async def send_audio(frame: bytes) -> None:
             await socket.send(proto.audio_action(frame, seq=next(sequence)))
 
-        try:
-            await _stream(
-                send_audio,
-                timeline,
-                pcm,
-                frame_ms=frame_ms,
-                tail_ms=tail_ms,
-                settle_timeout_s=settle_timeout_s,
-            )
-        finally:
-            receiver.cancel()
+        await _stream(
+            send_audio,
+            timeline,
+            pcm,
+            receiver,
+            frame_ms=frame_ms,
+            tail_ms=tail_ms,
+            settle_timeout_s=settle_timeout_s,
+        )
         return timeline.result
 
 
@@ -235,17 +256,15 @@ async def call_realtime_direct(
             await socket.send(orjson.dumps(rt.input_audio_append(frame)).decode())
 
         receiver = asyncio.create_task(receive())
-        try:
-            await _stream(
-                send_audio,
-                timeline,
-                pcm,
-                frame_ms=frame_ms,
-                tail_ms=tail_ms,
-                settle_timeout_s=settle_timeout_s,
-            )
-        finally:
-            receiver.cancel()
+        await _stream(
+            send_audio,
+            timeline,
+            pcm,
+            receiver,
+            frame_ms=frame_ms,
+            tail_ms=tail_ms,
+            settle_timeout_s=settle_timeout_s,
+        )
         return timeline.result
 
 
