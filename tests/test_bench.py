@@ -141,6 +141,16 @@ def test_the_ramp_ends_at_max_calls_when_every_level_passes() -> None:
     assert verdict == (60, None)
 
 
+def test_keep_going_runs_every_level_but_the_verdict_is_the_first_failure() -> None:
+    levels = ramp_levels(100, ISSUE_LEVELS)
+    done: list[LevelOutcome] = []
+    p99 = {10: 5.0, 25: 80.0, 50: 20.0, 100: 90.0}
+    while (calls := next_level(levels, done, 50, keep_going=True)) is not None:
+        done.append(LevelOutcome(calls, p99[calls], 0))
+    assert [d.calls for d in done] == [10, 25, 50, 100]
+    assert ramp_capacity(done, 50) == (10, 25)
+
+
 def test_a_first_level_that_fails_carries_nothing() -> None:
     assert run_fake_ramp(25, {10: 70.0, 25: 1.0}) == ([10], (0, 10))
 

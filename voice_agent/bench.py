@@ -177,9 +177,16 @@ def level_passes(outcome: LevelOutcome, limit_ms: float) -> bool:
     )
 
 
-def next_level(levels: Sequence[int], done: Sequence[LevelOutcome], limit_ms: float) -> int | None:
-    """The next level to run, or None: the ramp stops at the first failing level."""
-    if done and not level_passes(done[-1], limit_ms):
+def next_level(
+    levels: Sequence[int],
+    done: Sequence[LevelOutcome],
+    limit_ms: float,
+    *,
+    keep_going: bool = False,
+) -> int | None:
+    """The next level to run, or None: the ramp stops at the first failing level (with
+    ``keep_going``, only at the last level, to draw the whole curve)."""
+    if done and not keep_going and not level_passes(done[-1], limit_ms):
         return None
     tried = done[-1].calls if done else 0
     return next((level for level in levels if level > tried), None)
@@ -859,6 +866,7 @@ class BenchSettings:
     cold_runs: int
     pollers: int
     skip: frozenset[str]
+    keep_going: bool = False
     turns_per_call: int = 10
 
 
@@ -1080,7 +1088,9 @@ async def capacity_ramp(
     idle_wall, idle_cpu = meter.stop()
     done: list[LevelOutcome] = []
     results = []
-    while (calls := next_level(levels, done, settings.limit_ms)) is not None:
+    while (
+        calls := next_level(levels, done, settings.limit_ms, keep_going=settings.keep_going)
+    ) is not None:
         progress.update(f"capacity: {calls} concurrent calls")
         result = await capacity_level(stack, emulator, calls, settings, baseline_path_ms)
         results.append(result)
@@ -1746,6 +1756,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"phases to leave out, comma-separated: {', '.join(BENCH_PHASES)}",
     )
     parser.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run every ramp level up to --max-calls, past the first failing one (for the "
+        "plot; the capacity verdict is still the first failure)",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="a tiny run (seconds, for tests): few turns, 2 calls, one point each",
@@ -1774,6 +1790,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         cold_runs=pick(args.cold_runs, 5, 1),
         pollers=args.pollers,
         skip=args.skip,
+        keep_going=args.keep_going,
     )
 
 
