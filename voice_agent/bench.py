@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,9 +49,7 @@ from typing import Any, Literal, TextIO, cast
 import orjson
 
 from emulators.realtime import Pacing, RealtimeEmulator
-from voice_agent.caller import DEFAULT_TAIL_MS, CallResult
-from voice_agent.caller import _stream as stream_like_a_microphone
-from voice_agent.caller import _Timeline as CallTimeline
+from voice_agent.caller import DEFAULT_TAIL_MS, QUIET_MS, CallResult, TurnResult
 from wire import client as proto
 from wire import realtime as rt
 from wire.audio import BYTES_PER_MS, SAMPLE_RATE_HZ, ms_to_bytes
@@ -378,16 +376,65 @@ class BenchEmulator(RealtimeEmulator):
 _call_numbers = itertools.count(1)
 
 
-class ScriptTimeline(CallTimeline):
-    """The caller's timeline, which also waits for every turn the script holds: when the
-    uplink lags, a call must not hang up before the model has heard its last turn."""
+class ScriptTimeline:
+    """A call's clock, measured as ``voice_agent.caller`` measures it (same ``CallResult``):
+    audio position ``m`` is spoken at ``t0 + m`` ms, and a turn's latency runs from its end
+    of speech to the next agent audio. Unlike the caller it keeps no reply audio, and it
+    waits for every turn of its script: when the uplink lags, a call must not hang up
+    before the model has heard its last turn."""
 
     def __init__(self, expected_turns: int) -> None:
-        super().__init__(1.0)
+        self.t0 = self.last_event_at = time.monotonic()
         self.expected_turns = expected_turns
+        self.result = CallResult()
+
+    def heard(self) -> None:
+        self.last_event_at = time.monotonic()
+
+    def spoken_at(self, ms: int) -> float:
+        return self.t0 + ms / 1000
+
+    def speech_stopped(self, speech_end_ms: int) -> None:
+        self.result.turns.append(TurnResult(speech_end_ms, self.spoken_at(speech_end_ms)))
+
+    def audio(self) -> None:
+        now = time.monotonic()
+        for turn in self.result.turns:
+            if turn.first_audio_at is None and now >= turn.speech_end_at:
+                turn.first_audio_at = now
 
     def replies_complete(self) -> bool:
-        return len(self.result.turns) >= self.expected_turns and super().replies_complete()
+        turns = len(self.result.turns)
+        quiet = (time.monotonic() - self.last_event_at) * 1000 >= QUIET_MS
+        return turns >= self.expected_turns and self.result.audio_items_done >= turns and quiet
+
+
+async def stream_like_a_microphone(
+    send_audio: Callable[[bytes], Awaitable[None]],
+    timeline: ScriptTimeline,
+    pcm: bytes,
+    *,
+    frame_ms: int,
+    settle_timeout_s: float,
+) -> None:
+    """Send ``pcm`` and a second of silence in frames, each once it is fully "captured",
+    then more silence (the microphone stays open) until every turn is answered or
+    ``settle_timeout_s`` has passed."""
+    frame_bytes = ms_to_bytes(frame_ms)
+    padded = pcm + bytes(ms_to_bytes(DEFAULT_TAIL_MS))
+    padded += bytes(-len(padded) % frame_bytes)
+    silence = bytes(frame_bytes)
+    deadline: float | None = None
+    for seq in itertools.count():
+        start = seq * frame_bytes
+        if start >= len(padded):
+            deadline = deadline or time.monotonic() + settle_timeout_s
+            if timeline.replies_complete() or time.monotonic() >= deadline:
+                return
+        wait = timeline.spoken_at((seq + 1) * frame_ms) - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        await send_audio(padded[start : start + frame_bytes] if start < len(padded) else silence)
 
 
 @dataclass
@@ -439,7 +486,7 @@ async def call_full_path(
                 trace.messages += 1
                 if kind == proto.EventType.AUDIO:
                     pcm_in = proto.decode_audio(event)
-                    timeline.audio(pcm_in)
+                    timeline.audio()
                     item = str(event.get("item_id"))
                     item_bytes[item] = item_bytes.get(item, 0) + len(pcm_in)
                     trace.audio.append((now, item, item_bytes[item]))
@@ -474,7 +521,6 @@ async def call_full_path(
                 timeline,
                 pcm,
                 frame_ms=trace.frame_ms,
-                tail_ms=DEFAULT_TAIL_MS,
                 settle_timeout_s=settle_timeout_s,
             )
             trace.result = timeline.result
@@ -509,7 +555,7 @@ async def call_direct(
                 timeline.heard()
                 if kind == rt.OUTPUT_AUDIO_DELTA:
                     pcm_in = base64.b64decode(event["delta"])
-                    timeline.audio(pcm_in)
+                    timeline.audio()
                     item = str(event.get("item_id"))
                     item_bytes[item] = item_bytes.get(item, 0) + len(pcm_in)
                     trace.audio.append((now, item, item_bytes[item]))
@@ -534,7 +580,6 @@ async def call_direct(
                 timeline,
                 pcm,
                 frame_ms=trace.frame_ms,
-                tail_ms=DEFAULT_TAIL_MS,
                 settle_timeout_s=settle_timeout_s,
             )
             trace.result = timeline.result
@@ -960,6 +1005,9 @@ async def side_by_side(
         progress.update("latency", weight / calls)
     _, worker_cpu = meter.stop()
     samples = {p: [s for t in traces[p] for s in turn_samples(t)] for p in traces}
+    if not samples["full"] or not samples["direct"]:
+        # Nothing to compare (or to ramp from): the bench itself is broken, not slow.
+        raise RuntimeError(f"no turn was measured; {'; '.join(errors[:3]) or 'no error seen'}")
     call_minutes = sum(t.audio_ms for t in traces["full"] if t.started_at is not None) / 60_000
     full_traces = [t for t in traces["full"] if t.started_at is not None]
     out: dict[str, Any] = {
