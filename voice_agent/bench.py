@@ -811,6 +811,36 @@ class StackProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class StackSlot:
+    """The local stack a phase runs on, which a phase may replace with a fresh one (a level
+    that failed may leave a backlog in moto's queue that would spoil the next)."""
+
+    def __init__(self, realtime_url: str, *, chunk_bytes: int, pollers: int) -> None:
+        self._args = (realtime_url, chunk_bytes, pollers)
+        self._stack: StackProcess | None = None
+
+    @property
+    def stack(self) -> StackProcess:
+        assert self._stack is not None, "the stack is not started"
+        return self._stack
+
+    async def start(self) -> StackProcess:
+        realtime_url, chunk_bytes, pollers = self._args
+        self._stack = await StackProcess(
+            realtime_url, chunk_bytes=chunk_bytes, pollers=pollers
+        ).__aenter__()
+        return self._stack
+
+    async def restart(self) -> StackProcess:
+        await self.stop()
+        return await self.start()
+
+    async def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.__aexit__()
+
+
 def _serve_stack(argv: Sequence[str]) -> int:
     """The child's side of ``StackProcess``: run the stack until stdin closes."""
     from voice_agent.local_stack import LocalStack, LocalStackOptions
@@ -1120,7 +1150,7 @@ async def capacity_level(
 
 
 async def capacity_ramp(
-    stack: StackProcess,
+    slot: StackSlot,
     emulator: BenchEmulator,
     settings: BenchSettings,
     baseline: list[float],
@@ -1130,7 +1160,7 @@ async def capacity_ramp(
     levels = ramp_levels(settings.max_calls)
     baseline_path_ms = statistics.median(baseline)
     # The worker at rest: what its long-poll loop costs with no calls.
-    meter = CpuMeter({"worker": stack.worker_pid})
+    meter = CpuMeter({"worker": slot.stack.worker_pid})
     meter.start()
     await asyncio.sleep(3)
     idle_wall, idle_cpu = meter.stop()
@@ -1140,12 +1170,16 @@ async def capacity_ramp(
         calls := next_level(levels, done, settings.limit_ms, keep_going=settings.keep_going)
     ) is not None:
         progress.update(f"capacity: {calls} concurrent calls")
-        result = await capacity_level(stack, emulator, calls, settings, baseline_path_ms)
+        result = await capacity_level(slot.stack, emulator, calls, settings, baseline_path_ms)
         results.append(result)
         p99 = result["added_ms"]["p99"] if result["added_ms"] else None
         done.append(LevelOutcome(calls, p99, result["errors"]))
         progress.update(f"capacity: {calls} calls done", weight / len(levels))
-        await asyncio.sleep(2)  # let the stack drain the disconnects
+        if level_passes(done[-1], settings.limit_ms):
+            await asyncio.sleep(2)  # let the stack drain the disconnects
+        else:
+            progress.update("capacity: a fresh local stack after a failed level")
+            await slot.restart()
     carried, failed_at = ramp_capacity(done, settings.limit_ms)
     # The worker's CPU per call-minute at the busiest level without errors (its batches
     # fill as calls grow, so the figure falls with load), else at the first level.
@@ -1332,53 +1366,47 @@ async def run_bench(settings: BenchSettings, progress: Progress) -> dict[str, An
     progress.update("cold start done", 5)
     emulator = BenchEmulator()
     await emulator.start()
-    stack = await StackProcess(
-        emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers
-    ).__aenter__()
+    slot = StackSlot(emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers)
     try:
+        await slot.start()
         progress.update("local stack started")
-        first, baseline = await side_by_side(stack, emulator, settings, progress, 30)
+        first, baseline = await side_by_side(slot.stack, emulator, settings, progress, 30)
         report.update(first)
-        if "capacity" not in settings.skip and baseline:
+        if "capacity" not in settings.skip:
             report["capacity"] = await capacity_ramp(
-                stack, emulator, settings, baseline, progress, 40
+                slot, emulator, settings, baseline, progress, 40
             )
-            if report["capacity"]["failed_at"]:
-                # A level that failed may have left a backlog in the queue.
-                progress.update("restarting the local stack")
-                await stack.__aexit__()
-                stack = await StackProcess(
-                    emulator.url, chunk_bytes=STACK_CHUNK_BYTES, pollers=settings.pollers
-                ).__aenter__()
         else:
             progress.update("capacity skipped", 40)
         if "frames" not in settings.skip:
             for frame_ms in settings.frame_ms:
                 progress.update(f"uplink frames of {frame_ms} ms")
-                point = await frame_point(stack, emulator, frame_ms, settings.sweep_turns)
+                point = await frame_point(slot.stack, emulator, frame_ms, settings.sweep_turns)
                 report["frame_sweep"].append(point)
                 progress.update(f"frames {frame_ms} ms done", 10 / len(settings.frame_ms))
         if "chunks" not in settings.skip and STACK_CHUNK_BYTES in settings.chunk_bytes:
             progress.update(f"downlink chunks of {STACK_CHUNK_BYTES} B")
-            point = await chunk_point(stack, emulator, STACK_CHUNK_BYTES, settings.sweep_turns)
+            point = await chunk_point(slot.stack, emulator, STACK_CHUNK_BYTES, settings.sweep_turns)
             report["chunk_sweep"].append(point)
             progress.update("chunks done", 15 / len(settings.chunk_bytes))
-        await stack.__aexit__()
+        await slot.stop()
         if "chunks" not in settings.skip:
             for chunk in settings.chunk_bytes:
                 if chunk == STACK_CHUNK_BYTES:
                     continue
                 progress.update(f"downlink chunks of {chunk} B (restarting the stack)")
-                stack = await StackProcess(
-                    emulator.url, chunk_bytes=chunk, pollers=settings.pollers
-                ).__aenter__()
-                point = await chunk_point(stack, emulator, chunk, settings.sweep_turns)
-                await stack.__aexit__()
+                other = StackSlot(emulator.url, chunk_bytes=chunk, pollers=settings.pollers)
+                try:
+                    point = await chunk_point(
+                        await other.start(), emulator, chunk, settings.sweep_turns
+                    )
+                finally:
+                    await other.stop()
                 report["chunk_sweep"].append(point)
                 progress.update(f"chunks {chunk} B done", 15 / len(settings.chunk_bytes))
             report["chunk_sweep"].sort(key=lambda p: p["chunk_bytes"])
     finally:
-        await stack.__aexit__()  # stopping a stopped stack does nothing
+        await slot.stop()  # stopping a stopped stack does nothing
         await emulator.stop()
     progress.update("done", progress.total)
     report["machine"]["load_average_end"] = _load_average()
