@@ -99,7 +99,9 @@ SETTINGS: tuple[Setting, ...] = (
             "see docs/cost.md)."),
     Setting("workerCpu", "integer", 512, "Fargate CPU units of one worker task."),
     Setting("workerMemory", "integer", 1024, "Memory (MiB) of one worker task."),
-    Setting("workerCount", "integer", 1, "Number of worker tasks (each bridges many calls)."),
+    Setting("workerCount", "integer", 1,
+            "Worker tasks (each bridges many calls): 0 or 1 until calls are placed on worker "
+            "slots."),
     Setting("workerOnDemandBase", "integer", 0,
             "Worker tasks kept on regular Fargate; the rest run on Fargate Spot."),
     Setting("audioChunkBytes", "integer", 4800,
@@ -294,6 +296,15 @@ def parse_stack_config(
             f"{allowed[1] - allowed[0]}"
         )
     worker_count = integer("workerCount", 0, 100)
+    if worker_count > 1:
+        # Every worker polls the one audio queue: successive frames of a call could reach
+        # different workers, each opening its own model session. Until calls are placed on
+        # worker slots (one queue each), one worker task carries every call.
+        errors.append(
+            f"{PROJECT}:workerCount is {worker_count}; at most 1 worker task is supported until "
+            "calls are placed on worker slots (frames of one call must reach one worker). "
+            "Give that task more CPU with workerCpu instead."
+        )
     on_demand_base = integer("workerOnDemandBase", 0, 100)
     if on_demand_base > worker_count:
         errors.append(

@@ -57,7 +57,7 @@ config:
   aws:region: us-west-2
   voice-agent:hipaa: true
   voice-agent:model: gpt-realtime
-  voice-agent:workerCount: 2
+  voice-agent:workerCount: 1
   voice-agent:workerOnDemandBase: 1
 """
 

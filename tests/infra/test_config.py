@@ -127,6 +127,7 @@ def test_an_unknown_model_names_the_allowed_ones() -> None:
         ({"workerCpu": "256", "workerMemory": "4096"},
          "workerMemory 4096 is not valid with workerCpu 256; Fargate allows 512-2048"),
         ({"workerCount": "1", "workerOnDemandBase": "2"}, "workerOnDemandBase (2) exceeds"),
+        ({"workerCount": "2"}, "at most 1 worker task is supported until calls are placed"),
         ({"logRetentionDays": "10"}, "voice-agent:logRetentionDays must be one of 1, 3, 5"),
         ({"defaultProvisionedConcurrency": "-1"}, "must be between 0 and 1000, got -1"),
         ({"sessionTtlSeconds": "two hours"}, "sessionTtlSeconds must be an integer"),
