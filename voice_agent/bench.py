@@ -1650,7 +1650,8 @@ def plot_capacity(report: dict[str, Any], path: Path) -> bool:
                 f"{level['errors']} errors",
                 (level["calls"], level["added_ms"]["p99"]),
                 textcoords="offset points",
-                xytext=(6, -12),
+                xytext=(-8, -14),
+                horizontalalignment="right",
                 fontsize=8,
                 color="#c0392b",
             )
