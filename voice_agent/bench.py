@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 from array import array
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -49,7 +49,13 @@ from typing import Any, Literal, TextIO, cast
 import orjson
 
 from emulators.realtime import Pacing, RealtimeEmulator
-from voice_agent.caller import DEFAULT_TAIL_MS, QUIET_MS, CallResult, TurnResult
+from voice_agent.caller import (
+    DEFAULT_TAIL_MS,
+    QUIET_MS,
+    CallResult,
+    TurnResult,
+    stream_like_a_microphone,
+)
 from wire import client as proto
 from wire import realtime as rt
 from wire.audio import BYTES_PER_MS, SAMPLE_RATE_HZ, ms_to_bytes
@@ -383,6 +389,8 @@ class ScriptTimeline:
     waits for every turn of its script: when the uplink lags, a call must not hang up
     before the model has heard its last turn."""
 
+    pace = 1.0  # always real time: the bench measures latency
+
     def __init__(self, expected_turns: int) -> None:
         self.t0 = self.last_event_at = time.monotonic()
         self.expected_turns = expected_turns
@@ -407,34 +415,6 @@ class ScriptTimeline:
         turns = len(self.result.turns)
         quiet = (time.monotonic() - self.last_event_at) * 1000 >= QUIET_MS
         return turns >= self.expected_turns and self.result.audio_items_done >= turns and quiet
-
-
-async def stream_like_a_microphone(
-    send_audio: Callable[[bytes], Awaitable[None]],
-    timeline: ScriptTimeline,
-    pcm: bytes,
-    *,
-    frame_ms: int,
-    settle_timeout_s: float,
-) -> None:
-    """Send ``pcm`` and a second of silence in frames, each once it is fully "captured",
-    then more silence (the microphone stays open) until every turn is answered or
-    ``settle_timeout_s`` has passed."""
-    frame_bytes = ms_to_bytes(frame_ms)
-    padded = pcm + bytes(ms_to_bytes(DEFAULT_TAIL_MS))
-    padded += bytes(-len(padded) % frame_bytes)
-    silence = bytes(frame_bytes)
-    deadline: float | None = None
-    for seq in itertools.count():
-        start = seq * frame_bytes
-        if start >= len(padded):
-            deadline = deadline or time.monotonic() + settle_timeout_s
-            if timeline.replies_complete() or time.monotonic() >= deadline:
-                return
-        wait = timeline.spoken_at((seq + 1) * frame_ms) - time.monotonic()
-        if wait > 0:
-            await asyncio.sleep(wait)
-        await send_audio(padded[start : start + frame_bytes] if start < len(padded) else silence)
 
 
 @dataclass

@@ -20,7 +20,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -110,7 +110,7 @@ async def _stream(
     """Send ``pcm`` then silence, paced like a microphone, until every turn is answered;
     then stop ``receiver``, the task reading the replies."""
     try:
-        await _send_paced(
+        await stream_like_a_microphone(
             send_audio,
             timeline,
             pcm,
@@ -122,15 +122,28 @@ async def _stream(
         receiver.cancel()
 
 
-async def _send_paced(
+class PacedTimeline(Protocol):
+    """What the paced sender needs of a call's clock (the caller's and the bench's)."""
+
+    pace: float
+
+    def spoken_at(self, ms: int) -> float: ...
+
+    def replies_complete(self) -> bool: ...
+
+
+async def stream_like_a_microphone(
     send_audio: Callable[[bytes], Awaitable[None]],
-    timeline: _Timeline,
+    timeline: PacedTimeline,
     pcm: bytes,
     *,
     frame_ms: int,
-    tail_ms: int,
+    tail_ms: int = DEFAULT_TAIL_MS,
     settle_timeout_s: float,
 ) -> None:
+    """Send ``pcm`` and ``tail_ms`` of silence in frames, each once it is fully "captured",
+    then (at real-time pace) more silence, as an open microphone would, until every turn
+    is answered or ``settle_timeout_s`` has passed."""
     frame_bytes = ms_to_bytes(frame_ms)
     silence = bytes(frame_bytes)
     sent_ms = 0
