@@ -49,6 +49,7 @@ from typing import Any, Literal, TextIO, cast
 import orjson
 
 from emulators.realtime import Pacing, RealtimeEmulator
+from voice_agent.arguments import positive_number
 from voice_agent.caller import (
     DEFAULT_TAIL_MS,
     QUIET_MS,
@@ -1741,16 +1742,6 @@ def _phases(text: str) -> frozenset[str]:
     return names
 
 
-def _limit(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"limit must be a number, got {text!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"limit must be positive, got {number}")
-    return number
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``voice-agent bench``."""
     parser.description = (
@@ -1775,7 +1766,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--limit-ms",
-        type=_limit,
+        type=positive_number("limit"),
         default=TARGET_P99_ADDED_MS,
         help="p99 added latency a ramp level may reach (default 50)",
     )

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from wire import client as proto
+from voice_agent.arguments import bounded_int, positive_number
 from wire import realtime as rt
 from wire.audio import BYTES_PER_SECOND, ms_to_bytes
 from wire.queue import EnvelopeKind, QueueEnvelope
@@ -1193,21 +1194,8 @@ def scenario_from_stack(settings: StackSettings, options: argparse.Namespace) ->
     )
 
 
-def _bounded_int(low: int, high: int, what: str) -> Any:
-    def parse(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}-{high}, got {number}")
-        return number
-
-    return parse
-
-
 def _chunk_bytes(text: str) -> int:
-    number = _bounded_int(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES, "chunk bytes")(text)
+    number = bounded_int(MIN_CHUNK_BYTES, MAX_CHUNK_BYTES, "chunk bytes")(text)
     if number % 2:
         raise argparse.ArgumentTypeError(f"chunk bytes must be even (whole samples), got {number}")
     return number
@@ -1223,16 +1211,6 @@ def _ratio(text: str) -> float:
     return number
 
 
-def _positive(text: str) -> float:
-    try:
-        number = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {number}")
-    return number
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``voice-agent cost``."""
     from wire.realtime import MODELS
@@ -1245,7 +1223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stack", required=True, help="stack name: reads Pulumi.<NAME>.yaml")
     parser.add_argument(
         "--concurrency",
-        type=_bounded_int(1, 10_000_000, "concurrency"),
+        type=bounded_int(1, 10_000_000, "concurrency"),
         default=1,
         help="concurrent calls sharing the fixed costs (default 1)",
     )
@@ -1270,7 +1248,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--frame-ms",
-        type=_bounded_int(MIN_FRAME_MS, MAX_FRAME_MS, "frame ms"),
+        type=bounded_int(MIN_FRAME_MS, MAX_FRAME_MS, "frame ms"),
         default=100,
         help="uplink frame length of the page (default 100)",
     )
@@ -1279,13 +1257,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--call-minutes",
-        type=_positive,
+        type=positive_number("call minutes"),
         default=defaults.call_minutes,
         help=f"average call length (default {defaults.call_minutes:g})",
     )
     parser.add_argument(
         "--calls-per-vcpu",
-        type=_bounded_int(1, 100_000, "calls per vCPU"),
+        type=bounded_int(1, 100_000, "calls per vCPU"),
         default=defaults.calls_per_vcpu,
         help=f"worker capacity (default {defaults.calls_per_vcpu})",
     )
@@ -1294,7 +1272,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--lambda-memory-mb",
-        type=_bounded_int(128, 10_240, "Lambda memory"),
+        type=bounded_int(128, 10_240, "Lambda memory"),
         default=defaults.lambda_memory_mb,
     )
     parser.add_argument(
