@@ -50,6 +50,14 @@ DEFAULT_ROUTE_INTEGRATIONS = ("lambda", "sqs")
 # OpenAI ends a Realtime session after 60 minutes (API Gateway cuts connections at 2 hours);
 # the longest call we allow ends a minute before that, cleanly.
 MAX_CALL_SECONDS = 3_540
+# Worker slots (wire/slots.py): each has its own FIFO audio queue, and every queue redrives to
+# the one dead-letter queue, whose RedriveAllowPolicy may name at most 10 source queues
+# ("byQueue"). Ten slots also keep the queue URLs well inside Lambda's 4 KB environment.
+MAX_WORKER_SLOTS = 10
+# The worker's drain on SIGTERM (hand calls over, release its slots) must end within the
+# container's stopTimeout (120 s, Fargate's maximum, infra.worker_service); the rest of
+# the 120 s is for releasing the leases and exiting.
+MAX_DRAIN_WAIT_SECONDS = 110
 # A caller at the page's default 100 ms uplink frames sends 10 messages a second.
 MIN_CLIENT_MESSAGES_PER_SECOND = 10
 _ORIGIN = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
@@ -99,9 +107,24 @@ SETTINGS: tuple[Setting, ...] = (
             "see docs/cost.md)."),
     Setting("workerCpu", "integer", 512, "Fargate CPU units of one worker task."),
     Setting("workerMemory", "integer", 1024, "Memory (MiB) of one worker task."),
+    Setting("workerSlots", "integer", 4,
+            f"Worker slots: calls are spread over this many FIFO audio queues, each served by "
+            f"one worker task at a time; the most worker tasks that can share the load "
+            f"(1-{MAX_WORKER_SLOTS})."),
     Setting("workerCount", "integer", 1,
-            "Worker tasks (each bridges many calls): 0 or 1 until calls are placed on worker "
-            "slots."),
+            "Worker tasks always running (each bridges many calls): the autoscaling minimum. "
+            "0 pauses the worker."),
+    Setting("workerMaxCount", "integer", 2,
+            "Most worker tasks autoscaling may run, from workerCount up to workerSlots; equal "
+            "to workerCount: a fixed count, no autoscaling."),
+    Setting("workerTargetCalls", "integer", 6,
+            "Calls per worker task autoscaling aims at (the tasks' average ActiveCalls). "
+            "Measured capacity is about 20 calls per vCPU (docs/performance.md): 6 keeps a "
+            "0.5 vCPU task near 60%; scale it with workerCpu."),
+    Setting("drainWaitSeconds", "integer", 60,
+            "How long a stopping worker waits for each call to reach a turn boundary before "
+            f"handing it over (at most {MAX_DRAIN_WAIT_SECONDS}: ECS stops the task 120 s after "
+            "SIGTERM)."),
     Setting("workerOnDemandBase", "integer", 0,
             "Worker tasks kept on regular Fargate; the rest run on Fargate Spot."),
     Setting("audioChunkBytes", "integer", 4800,
@@ -157,7 +180,11 @@ class StackConfig:
     default_route_integration: str
     worker_cpu: int
     worker_memory: int
-    worker_count: int
+    worker_slots: int
+    worker_count: int  # the autoscaling minimum
+    worker_max_count: int
+    worker_target_calls: int
+    drain_wait_seconds: int
     worker_on_demand_base: int
     audio_chunk_bytes: int
     session_ttl_seconds: int
@@ -185,6 +212,12 @@ class StackConfig:
     @property
     def point_in_time_recovery_enabled(self) -> bool:
         return self.point_in_time_recovery or self.hipaa
+
+    @property
+    def worker_autoscaled(self) -> bool:
+        """Autoscaling manages the worker's task count: a range to scale in, and at least one
+        task running (a paused worker, count 0, has no task to report the load metric)."""
+        return self.worker_count >= 1 and self.worker_max_count > self.worker_count
 
     @property
     def lean_default_route(self) -> bool:
@@ -295,16 +328,23 @@ def parse_stack_config(
             f"Fargate allows {allowed[0]}-{allowed[-1]} MiB in steps of "
             f"{allowed[1] - allowed[0]}"
         )
-    worker_count = integer("workerCount", 0, 100)
-    if worker_count > 1:
-        # Every worker polls the one audio queue: successive frames of a call could reach
-        # different workers, each opening its own model session. Until calls are placed on
-        # worker slots (one queue each), one worker task carries every call.
+    worker_slots = integer("workerSlots", 1, MAX_WORKER_SLOTS)
+    worker_count = integer("workerCount", 0, MAX_WORKER_SLOTS)
+    worker_max_count = integer("workerMaxCount", 0, MAX_WORKER_SLOTS)
+    # A worker holds at least one slot to do any work, so tasks beyond the slots would idle.
+    if worker_count > worker_max_count:
         errors.append(
-            f"{PROJECT}:workerCount is {worker_count}; at most 1 worker task is supported until "
-            "calls are placed on worker slots (frames of one call must reach one worker). "
-            "Give that task more CPU with workerCpu instead."
+            f"{PROJECT}:workerCount ({worker_count}) exceeds workerMaxCount ({worker_max_count}): "
+            "workerCount is the autoscaling minimum; raise workerMaxCount to at least it"
         )
+    if worker_max_count > worker_slots:
+        errors.append(
+            f"{PROJECT}:workerMaxCount ({worker_max_count}) exceeds workerSlots ({worker_slots}): "
+            "every worker task needs a slot of its own (a queue it alone polls); raise "
+            "workerSlots or lower workerMaxCount"
+        )
+    worker_target_calls = integer("workerTargetCalls", 1, 1_000)
+    drain_wait = integer("drainWaitSeconds", 0, MAX_DRAIN_WAIT_SECONDS)
     on_demand_base = integer("workerOnDemandBase", 0, 100)
     if on_demand_base > worker_count:
         errors.append(
@@ -363,7 +403,11 @@ def parse_stack_config(
         default_route_integration=string("defaultRouteIntegration", DEFAULT_ROUTE_INTEGRATIONS),
         worker_cpu=worker_cpu,
         worker_memory=worker_memory,
+        worker_slots=worker_slots,
         worker_count=worker_count,
+        worker_max_count=worker_max_count,
+        worker_target_calls=worker_target_calls,
+        drain_wait_seconds=drain_wait,
         worker_on_demand_base=on_demand_base,
         audio_chunk_bytes=chunk,
         session_ttl_seconds=session_ttl,

@@ -10,6 +10,7 @@ import yaml
 
 from infra.config import (
     FARGATE_MEMORY_BY_CPU,
+    MAX_WORKER_SLOTS,
     SETTINGS,
     SETTINGS_BY_KEY,
     ConfigError,
@@ -127,7 +128,17 @@ def test_an_unknown_model_names_the_allowed_ones() -> None:
         ({"workerCpu": "256", "workerMemory": "4096"},
          "workerMemory 4096 is not valid with workerCpu 256; Fargate allows 512-2048"),
         ({"workerCount": "1", "workerOnDemandBase": "2"}, "workerOnDemandBase (2) exceeds"),
-        ({"workerCount": "2"}, "at most 1 worker task is supported until calls are placed"),
+        ({"workerCount": "3", "workerMaxCount": "2"},
+         "voice-agent:workerCount (3) exceeds workerMaxCount (2): workerCount is the autoscaling "
+         "minimum"),
+        ({"workerSlots": "2", "workerMaxCount": "3"},
+         "voice-agent:workerMaxCount (3) exceeds workerSlots (2): every worker task needs a slot "
+         "of its own"),
+        ({"workerSlots": "11"}, "voice-agent:workerSlots must be between 1 and 10, got 11"),
+        ({"workerSlots": "0"}, "voice-agent:workerSlots must be between 1 and 10, got 0"),
+        ({"workerTargetCalls": "0"}, "voice-agent:workerTargetCalls must be between 1 and 1000"),
+        ({"drainWaitSeconds": "115"},
+         "voice-agent:drainWaitSeconds must be between 0 and 110, got 115"),
         ({"logRetentionDays": "10"}, "voice-agent:logRetentionDays must be one of 1, 3, 5"),
         ({"defaultProvisionedConcurrency": "-1"}, "must be between 0 and 1000, got -1"),
         ({"sessionTtlSeconds": "two hours"}, "sessionTtlSeconds must be an integer"),
@@ -206,6 +217,43 @@ def test_every_fargate_size_pair_is_accepted() -> None:
         for memory in (memories[0], memories[-1]):
             config = parse(workerCpu=str(cpu), workerMemory=str(memory))
             assert (config.worker_cpu, config.worker_memory) == (cpu, memory)
+
+
+def test_workers_default_to_one_task_scaling_to_two_over_four_slots() -> None:
+    config = parse()
+    assert (config.worker_slots, config.worker_count, config.worker_max_count) == (4, 1, 2)
+    assert (config.worker_target_calls, config.drain_wait_seconds) == (6, 60)
+    assert config.worker_autoscaled
+
+
+@pytest.mark.parametrize(
+    ("values", "autoscaled"),
+    [
+        ({"workerCount": "1", "workerMaxCount": "1"}, False),  # a fixed count
+        ({"workerCount": "0", "workerMaxCount": "2"}, False),  # paused: no task reports load
+        ({"workerCount": "0", "workerMaxCount": "0"}, False),
+        ({"workerSlots": "10", "workerCount": "2", "workerMaxCount": "10"}, True),
+    ],
+)
+def test_autoscaling_needs_a_running_task_and_room_above_it(
+    values: dict[str, str], autoscaled: bool
+) -> None:
+    assert parse(**values).worker_autoscaled is autoscaled
+
+
+def test_the_stacks_scale_within_their_slots() -> None:
+    for stack in ("dev", "prod"):
+        values, region = stack_values(stack)
+        config = parse_stack_config(values, stack=stack, region=region)
+        assert 1 <= config.worker_count < config.worker_max_count <= config.worker_slots
+        assert config.worker_slots <= MAX_WORKER_SLOTS
+        assert config.worker_on_demand_base <= config.worker_count
+    prod_values, prod_region = stack_values("prod")
+    prod = parse_stack_config(prod_values, stack="prod", region=prod_region)
+    # Two tasks at least, one on demand: a Spot reclaim never leaves the slots without a
+    # live worker to move to.
+    assert (prod.worker_count, prod.worker_on_demand_base) == (2, 1)
+    assert prod.worker_target_calls == 12  # a 1 vCPU task
 
 
 def test_point_in_time_recovery_by_key_or_by_hipaa() -> None:
