@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 from handlers.runtime import (
-    AUDIO_QUEUE_URL,
+    AUDIO_QUEUE_URLS,
     MAX_SESSIONS,
     OK,
     SESSION_TTL_SECONDS,
@@ -15,9 +15,11 @@ from handlers.runtime import (
     dynamodb,
     log,
     log_fields,
+    queue_url,
     request_context,
     sqs,
 )
+from wire.slots import SESSION_ATTR_SLOT, slot_of
 from wire.queue import ConnectionInfo, EnvelopeKind, QueueEnvelope
 
 
@@ -45,6 +47,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "createdAt": {"N": str(now)},
             "sourceIp": {"S": info.source_ip},
             "userAgent": {"S": info.user_agent},
+            SESSION_ATTR_SLOT: {"N": str(slot_of(ctx, len(AUDIO_QUEUE_URLS)))},
         },
     )
     envelope = QueueEnvelope(
@@ -54,7 +57,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         received_at_ms=int(ctx.get("requestTimeEpoch") or now * 1000),
         body=info.to_body(),
     )
-    sqs.send_message(**envelope.to_send_message(AUDIO_QUEUE_URL))
+    sqs.send_message(**envelope.to_send_message(queue_url(ctx)))
     log.info("connected", extra=log_fields(event, context))
     return OK
 

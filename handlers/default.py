@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from handlers.runtime import AUDIO_QUEUE_URL, OK, log, log_fields, request_context, sqs
+from handlers.runtime import OK, log, log_fields, queue_url, request_context, sqs
 from wire.queue import EnvelopeKind, QueueEnvelope
 
 
@@ -26,6 +26,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         received_at_ms=int(ctx.get("requestTimeEpoch") or time.time() * 1000),
         body=body,
     )
-    sqs.send_message(**envelope.to_send_message(AUDIO_QUEUE_URL))
+    sqs.send_message(**envelope.to_send_message(queue_url(ctx)))
     log.debug("frame queued", extra={**log_fields(event, context), "bytes": len(body)})
     return OK

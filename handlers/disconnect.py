@@ -10,12 +10,12 @@ import time
 from typing import Any
 
 from handlers.runtime import (
-    AUDIO_QUEUE_URL,
     OK,
     SESSIONS_TABLE,
     dynamodb,
     log,
     log_fields,
+    queue_url,
     request_context,
     sqs,
 )
@@ -32,7 +32,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         request_id=ctx.get("requestId") or f"{connection_id}-close",
         received_at_ms=int(ctx.get("requestTimeEpoch") or time.time() * 1000),
     )
-    sqs.send_message(**envelope.to_send_message(AUDIO_QUEUE_URL))
+    sqs.send_message(**envelope.to_send_message(queue_url(ctx)))
     log.info(
         "disconnected",
         extra={**log_fields(event, context), "status": ctx.get("disconnectStatusCode")},

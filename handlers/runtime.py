@@ -9,6 +9,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+from wire import slots
 from wire.log_record import configure
 
 log = configure("voice-agent.handlers")
@@ -22,7 +23,8 @@ sqs = boto3.client("sqs", config=_CLIENT_CONFIG)
 dynamodb = boto3.client("dynamodb", config=_CLIENT_CONFIG)
 
 SESSIONS_TABLE = os.environ.get("SESSIONS_TABLE", "")
-AUDIO_QUEUE_URL = os.environ.get("AUDIO_QUEUE_URL", "")
+# One FIFO queue per worker slot (wire/slots.py); a call's slot picks its queue.
+AUDIO_QUEUE_URLS = slots.queue_urls_from_env(os.environ)
 SESSION_TTL_SECONDS = int(os.environ.get("SESSION_TTL_SECONDS", "7200"))
 MAX_SESSIONS = int(os.environ.get("MAX_SESSIONS", "0"))  # 0: no limit
 
@@ -32,6 +34,11 @@ OK: dict[str, Any] = {"statusCode": 200}
 def request_context(event: dict[str, Any]) -> dict[str, Any]:
     ctx = event.get("requestContext")
     return ctx if isinstance(ctx, dict) else {}
+
+
+def queue_url(ctx: dict[str, Any]) -> str:
+    """The audio queue of the slot the authorizer placed this connection on."""
+    return AUDIO_QUEUE_URLS[slots.slot_of(ctx, len(AUDIO_QUEUE_URLS))]
 
 
 def log_fields(event: dict[str, Any], context: Any) -> dict[str, Any]:
