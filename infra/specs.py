@@ -1,4 +1,4 @@
-"""The sessions table and the audio queue, specified once for the cloud and the local stack.
+"""The sessions table and the audio queues, specified once for the cloud and the local stack.
 
 The Pulumi components (``infra.sessions``, ``infra.audio_queue``) and the local stack
 (``create_local_resources``, against moto) build the very same table and queues from these
@@ -11,6 +11,7 @@ deploy extra installed.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +56,9 @@ AUDIO_DLQ_RETENTION_SECONDS = 86_400
 AUDIO_QUEUE_MAX_RECEIVE_COUNT = 5
 
 
-def audio_queue_name(prefix: str) -> str:
-    return f"{prefix}-audio.fifo"  # FIFO queue names must end in .fifo
+def audio_queue_name(prefix: str, slot: int) -> str:
+    """The audio queue of one worker slot (wire/slots.py): slot order is queue order."""
+    return f"{prefix}-audio-{slot}.fifo"  # FIFO queue names must end in .fifo
 
 
 def audio_dlq_name(prefix: str) -> str:
@@ -92,9 +94,10 @@ def redrive_policy(dlq_arn: str) -> str:
     )
 
 
-def redrive_allow_policy(source_queue_arn: str) -> str:
-    """The dead-letter queue's ``RedriveAllowPolicy``: only the audio queue may use it."""
-    return json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": [source_queue_arn]})
+def redrive_allow_policy(source_queue_arns: Sequence[str]) -> str:
+    """The dead-letter queue's ``RedriveAllowPolicy``: only the slots' audio queues may use it
+    (SQS accepts at most 10 of them "byQueue"; infra.config caps the slots at that)."""
+    return json.dumps({"redrivePermission": "byQueue", "sourceQueueArns": list(source_queue_arns)})
 
 
 # --- the local stack ------------------------------------------------------------------------
@@ -102,20 +105,33 @@ def redrive_allow_policy(source_queue_arn: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class LocalResources:
-    """What ``create_local_resources`` made: the values of SESSIONS_TABLE and AUDIO_QUEUE_URL."""
+    """What ``create_local_resources`` made: the values of SESSIONS_TABLE and
+    AUDIO_QUEUE_URLS (one queue per worker slot, in slot order)."""
 
     table_name: str
-    queue_url: str
+    queue_urls: tuple[str, ...]
     dlq_url: str
+
+    @property
+    def queue_url(self) -> str:
+        """Slot 0's queue: where a single-slot stack (and a connection without a slot) sends."""
+        return self.queue_urls[0]
 
 
 def create_local_resources(
-    dynamodb_client: Any, sqs_client: Any, *, prefix: str = "voice-agent-local"
+    dynamodb_client: Any,
+    sqs_client: Any,
+    *,
+    prefix: str = "voice-agent-local",
+    slots: int = 1,
 ) -> LocalResources:
-    """Create the sessions table and the audio queues with boto3 clients (e.g. on moto).
+    """Create the sessions table, one audio queue per worker slot and their dead-letter queue
+    with boto3 clients (e.g. on moto).
 
     Idempotent: existing resources are reused, so the local stack can call it on every start.
     """
+    if slots < 1:
+        raise ValueError(f"a stack has at least one worker slot, got {slots}")
     table_name = sessions_table_name(prefix)
     _create_sessions_table(dynamodb_client, table_name)
 
@@ -123,15 +139,22 @@ def create_local_resources(
         QueueName=audio_dlq_name(prefix), Attributes=audio_dlq_attributes()
     )["QueueUrl"]
     dlq_arn = _queue_arn(sqs_client, dlq_url)
-    queue_url = sqs_client.create_queue(
-        QueueName=audio_queue_name(prefix),
-        Attributes={**audio_queue_attributes(), "RedrivePolicy": redrive_policy(dlq_arn)},
-    )["QueueUrl"]
+    attributes = {**audio_queue_attributes(), "RedrivePolicy": redrive_policy(dlq_arn)}
+    queue_urls = tuple(
+        sqs_client.create_queue(QueueName=audio_queue_name(prefix, slot), Attributes=attributes)[
+            "QueueUrl"
+        ]
+        for slot in range(slots)
+    )
     sqs_client.set_queue_attributes(
         QueueUrl=dlq_url,
-        Attributes={"RedriveAllowPolicy": redrive_allow_policy(_queue_arn(sqs_client, queue_url))},
+        Attributes={
+            "RedriveAllowPolicy": redrive_allow_policy(
+                [_queue_arn(sqs_client, url) for url in queue_urls]
+            )
+        },
     )
-    return LocalResources(table_name=table_name, queue_url=queue_url, dlq_url=dlq_url)
+    return LocalResources(table_name=table_name, queue_urls=queue_urls, dlq_url=dlq_url)
 
 
 def _create_sessions_table(client: Any, table_name: str) -> None:

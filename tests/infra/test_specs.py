@@ -27,7 +27,7 @@ def clients(monkeypatch: pytest.MonkeyPatch):
 
 def test_local_resources_match_the_specs(clients) -> None:
     dynamodb, sqs = clients
-    made = specs.create_local_resources(dynamodb, sqs, prefix="va-test")
+    made = specs.create_local_resources(dynamodb, sqs, prefix="va-test", slots=3)
     assert made.table_name == "va-test-sessions"
 
     table = dynamodb.describe_table(TableName=made.table_name)["Table"]
@@ -36,26 +36,44 @@ def test_local_resources_match_the_specs(clients) -> None:
     ttl = dynamodb.describe_time_to_live(TableName=made.table_name)["TimeToLiveDescription"]
     assert (ttl["TimeToLiveStatus"], ttl["AttributeName"]) == ("ENABLED", "ttl")
 
-    attributes = sqs.get_queue_attributes(QueueUrl=made.queue_url, AttributeNames=["All"])[
-        "Attributes"]  # fmt: skip
-    for name, value in specs.audio_queue_attributes().items():
-        assert attributes[name] == value, name
     dlq_arn = sqs.get_queue_attributes(QueueUrl=made.dlq_url, AttributeNames=["QueueArn"])[
         "Attributes"]["QueueArn"]  # fmt: skip
-    assert json.loads(attributes["RedrivePolicy"]) == {
-        "deadLetterTargetArn": dlq_arn,
-        "maxReceiveCount": specs.AUDIO_QUEUE_MAX_RECEIVE_COUNT,
-    }
-    assert made.queue_url.endswith("va-test-audio.fifo")
-    assert made.dlq_url.endswith("va-test-audio-dlq.fifo")  # fmt: skip
+    # One queue per slot, in slot order, each as the cloud's, all redriving to the one DLQ.
+    assert [url.rsplit("/", 1)[1] for url in made.queue_urls] == [
+        "va-test-audio-0.fifo", "va-test-audio-1.fifo", "va-test-audio-2.fifo"]  # fmt: skip
+    assert made.queue_url == made.queue_urls[0]
+    arns = []
+    for url in made.queue_urls:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        for name, value in specs.audio_queue_attributes().items():
+            assert attributes[name] == value, name
+        assert json.loads(attributes["RedrivePolicy"]) == {
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": specs.AUDIO_QUEUE_MAX_RECEIVE_COUNT,
+        }
+        arns.append(attributes["QueueArn"])
+    # (moto keeps a DLQ's RedriveAllowPolicy but cannot read it back; the stack graph test
+    # checks the deployed one.)
+    assert json.loads(specs.redrive_allow_policy(arns)) == {
+        "redrivePermission": "byQueue", "sourceQueueArns": arns}  # fmt: skip
+    assert made.dlq_url.endswith("va-test-audio-dlq.fifo")
 
 
 def test_creating_twice_reuses_what_exists(clients) -> None:
     dynamodb, sqs = clients
     first = specs.create_local_resources(dynamodb, sqs)
+    assert len(first.queue_urls) == 1  # one slot unless asked
     assert specs.create_local_resources(dynamodb, sqs) == first
     assert len(sqs.list_queues()["QueueUrls"]) == 2
     assert dynamodb.list_tables()["TableNames"] == ["voice-agent-local-sessions"]
+    # More slots later: the existing queues stay, the new ones join the DLQ's sources.
+    more = specs.create_local_resources(dynamodb, sqs, slots=2)
+    assert more.queue_urls[0] == first.queue_url and len(sqs.list_queues()["QueueUrls"]) == 3
+
+
+def test_a_stack_has_at_least_one_slot(clients) -> None:
+    with pytest.raises(ValueError, match="at least one worker slot"):
+        specs.create_local_resources(*clients, slots=0)
 
 
 def test_a_retried_send_is_delivered_once_and_groups_keep_order(clients) -> None:
