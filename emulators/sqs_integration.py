@@ -6,10 +6,12 @@ integration does with each client message:
 
 1. render the deployed mapping template (``infra.queue_integration``) against the message,
    as API Gateway's Velocity engine does; only the references that template uses are
-   supported (``$context.<name>``, ``$input.body`` and ``$util.urlEncode(...)`` of them),
-   and anything else fails loudly instead of rendering differently from AWS;
-2. read the result as SQS reads a query-API ``SendMessage`` form post;
-3. send that message to the audio queue with boto3.
+   supported (``$context.<name>``, ``$context.authorizer.<name>``, ``$input.body`` and
+   ``$util.urlEncode(...)`` of them), and anything else fails loudly instead of rendering
+   differently from AWS;
+2. read the result as SQS reads a query-API ``SendMessage`` form post, ``QueueUrl`` included
+   (the connection's slot queue, from the ``$connect`` authorizer's context);
+3. send that message to that queue with boto3.
 
 So the local stack runs the production template, not a second description of the message.
 ``tests/infra/test_queue_integration.py`` checks the renderer against a real Velocity engine
@@ -49,12 +51,16 @@ def render_request_template(template: str, event: Mapping[str, Any]) -> str:
         if reference == "$input.body":
             body = event.get("body")
             return body if isinstance(body, str) else ""
-        if reference.startswith("$context.") and reference.count(".") == 1:
-            context = event.get("requestContext") or {}
-            name = reference.removeprefix("$context.")
-            if name not in context:
-                raise TemplateError(f"the event has no requestContext.{name} for {reference}")
-            return str(context[name])
+        context = event.get("requestContext") or {}
+        path = reference.split(".")
+        if path[0] == "$context" and len(path) == 2:
+            return _context_value(context, path[1], reference)
+        if path[:2] == ["$context", "authorizer"] and len(path) == 3:
+            # The authorizer's context, as API Gateway keeps it for the connection.
+            authorizer = context.get("authorizer")
+            if not isinstance(authorizer, Mapping):
+                raise TemplateError(f"the event has no requestContext.authorizer for {reference}")
+            return _context_value(authorizer, path[2], reference, "requestContext.authorizer")
         raise TemplateError(f"{reference} is not supported by this emulator")
 
     def substitute(match: re.Match[str]) -> str:
@@ -67,9 +73,21 @@ def render_request_template(template: str, event: Mapping[str, Any]) -> str:
     return _REFERENCE.sub(substitute, template)
 
 
+def _context_value(
+    context: Mapping[str, Any], name: str, reference: str, where: str = "requestContext"
+) -> str:
+    if name not in context:
+        raise TemplateError(f"the event has no {where}.{name} for {reference}")
+    value = context[name]
+    if isinstance(value, Mapping):
+        raise TemplateError(f"{reference} is a map; this emulator renders only its fields")
+    # API Gateway stringifies context values as Java does: booleans in lower case.
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def send_message_arguments(form: str) -> dict[str, Any]:
-    """An SQS query-API ``SendMessage`` form as ``sqs.send_message`` keyword arguments
-    (without ``QueueUrl``: the integration names the queue in its URI)."""
+    """An SQS query-API ``SendMessage`` form as ``sqs.send_message`` keyword arguments,
+    ``QueueUrl`` included when the form names one."""
     params = dict(parse_qsl(form, keep_blank_values=True, strict_parsing=True))
     action = params.pop("Action", None)
     if action != "SendMessage":
@@ -86,7 +104,7 @@ def send_message_arguments(form: str) -> dict[str, Any]:
         }
         index += 1
     arguments: dict[str, Any] = {"MessageBody": params.pop("MessageBody")}
-    for optional in ("MessageGroupId", "MessageDeduplicationId"):
+    for optional in ("QueueUrl", "MessageGroupId", "MessageDeduplicationId"):
         if optional in params:
             arguments[optional] = params.pop(optional)
     if attributes:
@@ -96,9 +114,11 @@ def send_message_arguments(form: str) -> dict[str, Any]:
     return arguments
 
 
-def sqs_integration_target(sqs_client: Any, queue_url: str) -> RouteTarget:
-    """A ``$default`` route target that sends each message to ``queue_url`` exactly as the
-    deployed SQS integration does (``defaultRouteIntegration = sqs``).
+def sqs_integration_target(sqs_client: Any) -> RouteTarget:
+    """A ``$default`` route target that sends each message to the connection's slot queue
+    exactly as the deployed SQS integration does (``defaultRouteIntegration = sqs``): the
+    queue is the ``queueUrl`` of the event's ``requestContext.authorizer``, put there by the
+    ``$connect`` authorizer (wire/slots.py).
 
     ``sqs_client`` is a boto3 SQS client (the local stack's, pointed at moto).
     """
@@ -106,7 +126,11 @@ def sqs_integration_target(sqs_client: Any, queue_url: str) -> RouteTarget:
 
     def target(event: dict[str, Any], context: Any) -> dict[str, Any]:
         form = render_request_template(template, event)
-        sqs_client.send_message(QueueUrl=queue_url, **send_message_arguments(form))
+        arguments = send_message_arguments(form)
+        if not arguments.get("QueueUrl"):
+            # API Gateway would post an empty QueueUrl and SQS refuse it; fail as loudly.
+            raise TemplateError("the connection's authorizer context names no queue (queueUrl)")
+        sqs_client.send_message(**arguments)
         return {"statusCode": 200}
 
     return target

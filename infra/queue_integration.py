@@ -2,8 +2,11 @@
 
 With ``defaultRouteIntegration = sqs`` no Lambda function runs per client message: API
 Gateway turns each message into an SQS ``SendMessage`` request (the query API, a form post)
-with the mapping template below, signs it with a role of its own and posts it to the audio
-queue. The message is exactly the one the ``$default`` function sends
+with the mapping template below, signs it with a role of its own and posts it to SQS. The
+queue is the connection's slot queue (wire/slots.py): the ``$connect`` authorizer put its URL
+in the connection's authorizer context, and the template names it in the form's ``QueueUrl``,
+so one integration serves every slot. The message is exactly the one the ``$default``
+function sends
 (``wire.queue.QueueEnvelope.to_send_message``): the raw client frame as the body, the
 connection as the FIFO message group, API Gateway's per-message ``requestId`` as the
 deduplication id, and the same three message attributes.
@@ -20,6 +23,7 @@ from enum import Enum
 from urllib.parse import quote_plus
 
 from wire.queue import ATTR_CONNECTION_ID, ATTR_KIND, ATTR_RECEIVED_AT_MS, EnvelopeKind
+from wire.slots import CONTEXT_QUEUE_URL
 
 # The WebSocket API's template selection: the escaped ``\$default`` expression always
 # evaluates to the ``$default`` key, so this one template applies to every message.
@@ -38,6 +42,9 @@ BODY = "$input.body"  # the client's frame, as received
 CONNECTION_ID = "$context.connectionId"
 REQUEST_ID = "$context.requestId"  # unique per message: the deduplication id
 REQUEST_TIME_EPOCH = "$context.requestTimeEpoch"  # milliseconds
+# The connection's slot queue, from the $connect authorizer's context: API Gateway keeps that
+# context for the connection and offers it to every route's template as a string.
+QUEUE_URL = f"$context.authorizer.{CONTEXT_QUEUE_URL}"
 
 
 class ValueKind(Enum):
@@ -78,9 +85,10 @@ def _attribute(
 
 
 def send_message_fields() -> list[FormField]:
-    """The ``SendMessage`` parameters, in template order (the queue is the request's path)."""
+    """The ``SendMessage`` parameters, in template order."""
     return [
         FormField("Action", "SendMessage"),
+        FormField("QueueUrl", QUEUE_URL, ValueKind.STRING),
         FormField("MessageBody", BODY, ValueKind.STRING),
         FormField("MessageGroupId", CONNECTION_ID, ValueKind.STRING),
         FormField("MessageDeduplicationId", REQUEST_ID, ValueKind.STRING),
@@ -101,6 +109,12 @@ def form_encode(text: str) -> str:
     return quote_plus(text, safe="*").replace("~", "%7E")
 
 
-def integration_uri(partition: str, region: str, account_id: str, queue_name: str) -> str:
-    """The AWS-service integration URI: SQS, path form (``/{account}/{queue name}``)."""
-    return f"arn:{partition}:apigateway:{region}:sqs:path/{account_id}/{queue_name}"
+def integration_uri(partition: str, region: str) -> str:
+    """The AWS-service integration URI: SQS, path form, at the service's root (``/``).
+
+    The query API takes the queue as the ``QueueUrl`` parameter of a request posted to the
+    endpoint's root, so the URI names no queue and one integration serves every slot.
+    (``path/{account}/{queue}`` would fix one queue; the ``action/SendMessage`` form is meant
+    for actions that address no resource by path.)
+    """
+    return f"arn:{partition}:apigateway:{region}:sqs:path//"

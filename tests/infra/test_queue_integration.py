@@ -27,8 +27,9 @@ from infra import queue_integration as lean
 from infra.websocket_api import STAGE_NAME
 from tests.infra.conftest import Graph
 from wire.queue import RECEIVE_ATTRIBUTES, EnvelopeKind, QueueEnvelope
+from wire.slots import CONTEXT_QUEUE_URL, CONTEXT_SLOT
 
-QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/voice-agent-dev-audio.fifo"
+QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/voice-agent-dev-audio-1.fifo"
 # Ids as API Gateway makes them: 16 base64 characters ending in "=", which may hold "+" and
 # "/" (so every id must be form-encoded, not only the body).
 CONNECTION_ID = "L0SM9c+FvHc/Ihw="
@@ -41,8 +42,10 @@ def message_event(
     connection_id: str = CONNECTION_ID,
     request_id: str = REQUEST_ID,
     epoch_ms: int = 1_717_171_717_123,
+    queue_url: str = QUEUE_URL,
 ) -> dict:
-    """A WebSocket MESSAGE event as API Gateway hands it to a route (emulators.api_gateway)."""
+    """A WebSocket MESSAGE event as API Gateway hands it to a route (emulators.api_gateway):
+    the ``$connect`` authorizer placed the connection on slot 1 (wire/slots.py)."""
     return {
         "requestContext": {
             "routeKey": "$default", "eventType": "MESSAGE", "messageDirection": "IN",
@@ -50,6 +53,8 @@ def message_event(
             "extendedRequestId": request_id, "messageId": "Mid0123456789A=",
             "requestTimeEpoch": epoch_ms, "connectedAt": epoch_ms - 5_000, "stage": STAGE_NAME,
             "apiId": "wsapi123", "domainName": "wsapi123.execute-api.us-east-1.amazonaws.com",
+            "authorizer": {"principalId": "caller", CONTEXT_SLOT: "1",
+                           CONTEXT_QUEUE_URL: queue_url},
         },
         "body": body,
         "isBase64Encoded": False,
@@ -57,7 +62,8 @@ def message_event(
 
 
 def lambda_message(event: dict) -> dict:
-    """What the $default function sends for ``event`` (handlers/default.py), minus QueueUrl."""
+    """What the $default function sends for ``event`` (handlers/default.py): to the queue of
+    the connection's slot."""
     ctx = event["requestContext"]
     envelope = QueueEnvelope(
         kind=EnvelopeKind.FRAME,
@@ -66,9 +72,7 @@ def lambda_message(event: dict) -> dict:
         received_at_ms=int(ctx["requestTimeEpoch"]),
         body=event["body"],
     )
-    arguments = envelope.to_send_message(QUEUE_URL)
-    del arguments["QueueUrl"]
-    return arguments
+    return envelope.to_send_message(ctx["authorizer"][CONTEXT_QUEUE_URL])
 
 
 class VelocityUtil:
@@ -106,6 +110,9 @@ def test_the_template_is_one_line_built_from_the_envelope_attribute_names() -> N
     assert "\n" not in template and "#" not in template
     for name in ("connection_id", "kind", "received_at_ms"):
         assert f"={name}&" in template
+    # The queue is the connection's slot queue, from the $connect authorizer's context.
+    assert template.startswith("Action=SendMessage&QueueUrl=$util.urlEncode("
+                               "$context.authorizer.queueUrl)&")  # fmt: skip
     # Every request value that can hold form-special characters goes through urlEncode; the
     # number does not (urlEncode takes a string, and digits need no encoding).
     assert "$util.urlEncode($input.body)" in template
@@ -148,6 +155,22 @@ def test_the_emulated_renderer_refuses_what_it_does_not_implement() -> None:
         render_request_template("#set($x = 1)MessageBody=$input.body", event)
     with pytest.raises(TemplateError, match="requestContext.identity"):
         render_request_template("X=$context.identity", event)
+    with pytest.raises(TemplateError, match="requestContext.authorizer.tenant"):
+        render_request_template("X=$context.authorizer.tenant", event)
+    with pytest.raises(TemplateError, match="a map"):
+        render_request_template("X=$context.authorizer", event)
+    del event["requestContext"]["authorizer"]
+    with pytest.raises(TemplateError, match="no requestContext.authorizer"):
+        render_request_template("X=$context.authorizer.queueUrl", event)
+
+
+def test_authorizer_context_values_render_as_api_gateway_stringifies_them() -> None:
+    event = message_event("{}")
+    event["requestContext"]["authorizer"].update({"n": 3, "ok": True})
+    assert render_request_template(
+        "a=$context.authorizer.n&b=$context.authorizer.ok&c=$util.urlEncode("
+        "$context.authorizer.queueUrl)", event) == (
+        f"a=3&b=true&c={lean.form_encode(QUEUE_URL)}")  # fmt: skip
 
 
 def test_form_reading_refuses_other_actions_and_unknown_parameters() -> None:
@@ -186,20 +209,34 @@ def fifo_queue(sqs, name: str) -> str:
 
 def test_the_emulated_integration_delivers_what_the_default_function_delivers(sqs) -> None:
     lean_queue, lambda_queue = fifo_queue(sqs, "lean.fifo"), fifo_queue(sqs, "lambda.fifo")
-    target = sqs_integration_target(sqs, lean_queue)
+    target = sqs_integration_target(sqs)
     for i, body in enumerate(BODIES):
-        event = message_event(body, request_id=f"Req{i:012d}+/=")
+        event = message_event(body, request_id=f"Req{i:012d}+/=", queue_url=lean_queue)
         assert target(event, None) == {"statusCode": 200}
-        sqs.send_message(QueueUrl=lambda_queue, **lambda_message(event))
+        sqs.send_message(**{**lambda_message(event), "QueueUrl": lambda_queue})
     lean_messages = received(sqs, lean_queue)
     assert len(lean_messages) == len(BODIES)
     assert lean_messages == received(sqs, lambda_queue)
 
 
+def test_each_connection_reaches_the_queue_of_its_own_slot(sqs) -> None:
+    slots = [fifo_queue(sqs, f"slot-{k}.fifo") for k in range(3)]
+    target = sqs_integration_target(sqs)
+    for k, queue in enumerate(slots):
+        target(message_event(f'{{"slot":{k}}}', connection_id=f"Conn{k:011d}=",
+                             queue_url=queue), None)  # fmt: skip
+    assert [[m["Body"] for m in received(sqs, q)] for q in slots] == [
+        ['{"slot":0}'], ['{"slot":1}'], ['{"slot":2}']]  # fmt: skip
+
+
 def test_an_sqs_error_fails_the_message_like_a_failed_integration(sqs) -> None:
-    target = sqs_integration_target(sqs, fifo_queue(sqs, "x.fifo") + "-missing")
+    target = sqs_integration_target(sqs)
+    missing = fifo_queue(sqs, "x.fifo") + "-missing"
     with pytest.raises(Exception, match="NonExistentQueue|does not exist"):
-        target(message_event(AUDIO_FRAME), None)
+        target(message_event(AUDIO_FRAME, queue_url=missing), None)
+    # A connection the authorizer named no queue for: SQS would refuse the empty QueueUrl.
+    with pytest.raises(TemplateError, match="names no queue"):
+        target(message_event(AUDIO_FRAME, queue_url=""), None)
 
 
 # --- what is deployed -----------------------------------------------------------------------
@@ -230,10 +267,8 @@ def test_lean_default_route_is_an_sqs_integration_with_its_own_role(lean_stack: 
     assert integration.inputs["integrationType"] == "AWS"
     assert integration.inputs["integrationMethod"] == "POST"
     region = lean_stack.one("pulumi:providers:aws").inputs["region"]
-    queue_url = lean_stack.outputs["audioQueueUrl"]
-    account, queue_name = queue_url.split("/")[-2:]
-    assert integration.inputs["integrationUri"] == (
-        f"arn:aws:apigateway:{region}:sqs:path/{account}/{queue_name}")  # fmt: skip
+    # SQS's root: the template names the queue (QueueUrl), so one integration serves every slot.
+    assert integration.inputs["integrationUri"] == f"arn:aws:apigateway:{region}:sqs:path//"
     role = lean_stack.by_output("arn", integration.inputs["credentialsArn"])
     assert role.type == "aws:iam/role:Role" and role.name == "websocket-default-queue-role"
     assert integration.inputs["requestParameters"] == {
