@@ -18,6 +18,7 @@ from infra.network import Network
 from infra.openai_secret import OpenAiSecret
 from infra.sessions import SessionTable
 from infra.websocket_api import WebSocketApi
+from infra.worker_scaling import WorkerScaling
 from infra.worker_service import WorkerService
 
 SOURCE_ROOT = Path(__file__).resolve().parent
@@ -39,8 +40,8 @@ functions = HandlerFunctions(
     source_root=SOURCE_ROOT,
     table_name=sessions.name,
     table_arn=sessions.arn,
-    queue_url=audio.url,
-    queue_arn=audio.arn,
+    queue_urls=audio.urls_env,
+    queue_arns=audio.arns,
     network=network,
     data_key_arn=data_key,
     logs_key_arn=logs_key,
@@ -52,6 +53,9 @@ authorizer = ConnectAuthorizer(
     ctx=ctx,
     source_root=SOURCE_ROOT,
     network=network,
+    table_name=sessions.name,
+    table_arn=sessions.arn,
+    queue_urls=audio.urls_env,
     data_key_arn=data_key,
     logs_key_arn=logs_key,
     opts=ctx.opts,
@@ -62,8 +66,7 @@ api = WebSocketApi(
     ctx=ctx,
     functions=functions,
     authorizer=authorizer,
-    queue_name=audio.name,
-    queue_arn=audio.arn,
+    queue_arns=audio.arns,
     data_key_arn=data_key,
     logs_key_arn=logs_key,
     opts=ctx.opts,
@@ -77,8 +80,8 @@ worker = WorkerService(
     network=network,
     table_name=sessions.name,
     table_arn=sessions.arn,
-    queue_url=audio.url,
-    queue_arn=audio.arn,
+    queue_urls=audio.urls_env,
+    queue_arns=audio.arns,
     api_id=api.api_id,
     stage_name=api.stage_name,
     connections_url=api.connections_url,
@@ -87,14 +90,23 @@ worker = WorkerService(
     logs_key_arn=logs_key,
     opts=ctx.opts,
 )
+if config.worker_autoscaled:
+    WorkerScaling(
+        "worker-scaling",
+        config=config,
+        cluster_name=worker.cluster_name,
+        service_name=worker.service_name,
+        opts=ctx.opts,
+    )
 
 pulumi.export("wssUrl", api.wss_url)
 pulumi.export("connectionsUrl", api.connections_url)
 pulumi.export("sessionsTable", sessions.name)
-pulumi.export("audioQueueUrl", audio.url)
+pulumi.export("audioQueueUrls", audio.urls)  # in slot order
 pulumi.export("audioDeadLetterQueueUrl", audio.dlq_url)
 pulumi.export("clusterName", worker.cluster_name)
 pulumi.export("serviceName", worker.service_name)
+pulumi.export("workerSlots", config.worker_slots)
 pulumi.export("imageDigest", worker.image_digest)
 pulumi.export("imageRef", worker.image_ref)
 pulumi.export("openaiSecretArn", openai_key.arn)

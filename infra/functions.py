@@ -16,6 +16,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra import iam
+from infra.audio_queue import slot_environment
 from infra.aws_context import AwsContext
 from infra.config import StackConfig
 from infra.handler_bundle import bundle_handler
@@ -103,8 +104,8 @@ class HandlerFunctions(pulumi.ComponentResource):
         source_root: Path,
         table_name: pulumi.Input[str],
         table_arn: pulumi.Input[str],
-        queue_url: pulumi.Input[str],
-        queue_arn: pulumi.Input[str],
+        queue_urls: pulumi.Input[str],
+        queue_arns: Sequence[pulumi.Input[str]],
         network: Network,
         data_key_arn: pulumi.Input[str] | None,
         logs_key_arn: pulumi.Input[str] | None,
@@ -116,7 +117,7 @@ class HandlerFunctions(pulumi.ComponentResource):
         self.policies = {}
         shared_environment: dict[str, pulumi.Input[str]] = {
             "SESSIONS_TABLE": table_name,
-            "AUDIO_QUEUE_URL": queue_url,
+            **slot_environment(config, queue_urls),
             "SESSION_TTL_SECONDS": str(config.session_ttl_seconds),
             "LOG_LEVEL": config.log_level,
         }
@@ -130,7 +131,10 @@ class HandlerFunctions(pulumi.ComponentResource):
         for spec in deployed_handlers(config):
             base = f"{name}-{spec.short_name}"
             actions = table_actions(spec, config)
-            statements = [iam.statement(list(spec.queue_actions), [queue_arn], sid="AudioQueue")]
+            # A connection's slot picks its queue, so every handler may send to every slot's.
+            statements = [
+                iam.statement(list(spec.queue_actions), list(queue_arns), sid="AudioQueues")
+            ]
             if actions:
                 statements.append(iam.statement(list(actions), [table_arn], sid="SessionTable"))
             if data_key_arn is not None:

@@ -2,14 +2,16 @@
 
 ``$connect`` and ``$disconnect`` are AWS_PROXY integrations to their own functions, and so is
 ``$default`` by default; with ``defaultRouteIntegration = sqs`` it is API Gateway's own SQS
-integration instead (``infra.queue_integration``), signed with a role that may only send to
-the audio queue. Only ``$connect`` carries the token authorizer: a WebSocket API checks a
+integration instead (``infra.queue_integration``): it sends to the connection's slot queue,
+named by the ``$connect`` authorizer's context, signed with a role that may only send to the
+audio queues. Only ``$connect`` carries the token authorizer: a WebSocket API checks a
 caller once, at the handshake.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pulumi
 import pulumi_aws as aws
@@ -69,8 +71,7 @@ class WebSocketApi(pulumi.ComponentResource):
         ctx: AwsContext,
         functions: HandlerFunctions,
         authorizer: ConnectAuthorizer,
-        queue_name: pulumi.Input[str],
-        queue_arn: pulumi.Input[str],
+        queue_arns: Sequence[pulumi.Input[str]],
         data_key_arn: pulumi.Input[str] | None,
         logs_key_arn: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions | None = None,
@@ -142,9 +143,7 @@ class WebSocketApi(pulumi.ComponentResource):
 
         if config.lean_default_route:
             routes.append(
-                self._default_route_to_queue(
-                    name, api, ctx, queue_name, queue_arn, data_key_arn, child
-                )
+                self._default_route_to_queue(name, api, ctx, queue_arns, data_key_arn, child)
             )
 
         stage_depends: list[pulumi.Resource] = list(routes)
@@ -201,13 +200,13 @@ class WebSocketApi(pulumi.ComponentResource):
         name: str,
         api: aws.apigatewayv2.Api,
         ctx: AwsContext,
-        queue_name: pulumi.Input[str],
-        queue_arn: pulumi.Input[str],
+        queue_arns: Sequence[pulumi.Input[str]],
         data_key_arn: pulumi.Input[str] | None,
         opts: pulumi.ResourceOptions,
     ) -> aws.apigatewayv2.Route:
-        """``$default`` as an SQS ``SendMessage`` by API Gateway itself (the lean path)."""
-        statements = [iam.statement(["sqs:SendMessage"], [queue_arn], sid="SendToAudioQueue")]
+        """``$default`` as an SQS ``SendMessage`` by API Gateway itself (the lean path), to
+        the queue of the connection's slot."""
+        statements = [iam.statement(["sqs:SendMessage"], list(queue_arns), sid="SendToAudioQueues")]
         if data_key_arn is not None:
             # A producer of a queue encrypted with our key needs the key too, through SQS.
             statements.append(
@@ -220,7 +219,7 @@ class WebSocketApi(pulumi.ComponentResource):
             )
         role = aws.iam.Role(
             f"{name}-default-queue-role",
-            description="API Gateway: send $default messages to the voice-agent audio queue",
+            description="API Gateway: send $default messages to the voice-agent audio queues",
             assume_role_policy=iam.service_trust_policy("apigateway.amazonaws.com"),
             opts=opts,
         )
@@ -230,9 +229,7 @@ class WebSocketApi(pulumi.ComponentResource):
             policy=iam.identity_policy(statements),
             opts=opts,
         )
-        uri = pulumi.Output.all(ctx.partition, ctx.account_id, queue_name).apply(
-            lambda v: lean.integration_uri(v[0], ctx.region, v[1], v[2])
-        )
+        uri = ctx.partition.apply(lambda partition: lean.integration_uri(partition, ctx.region))
         integration = aws.apigatewayv2.Integration(
             f"{name}-default",
             api_id=api.id,

@@ -1,8 +1,14 @@
-"""The bridge worker: image in ECR, one ECS service on Fargate Spot."""
+"""The bridge worker: image in ECR, one ECS service on Fargate Spot.
+
+Each task leases worker slots in the sessions table and polls only its slots' audio queues
+(wire/slots.py). Its task count is ``workerCount`` until autoscaling (infra.worker_scaling)
+takes it over.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,15 +17,18 @@ import pulumi_aws as aws
 import pulumi_docker_build as docker_build
 
 from infra import iam
+from infra.audio_queue import slot_environment
 from infra.aws_context import AwsContext
 from infra.config import StackConfig
 from infra.log_groups import log_group
 from infra.network import Network
+from wire.slots import ENV_METRICS_SERVICE
 
 DOCKERFILE = "worker/Dockerfile"  # built with the repository root as context (docs/architecture.md)
 CONTAINER_NAME = "worker"
 # Fargate Spot warns two minutes before it reclaims a task; 120 s is also Fargate's ceiling.
-# The worker takes SIGTERM as "finish the calls you have", so give it all of it.
+# The worker takes SIGTERM as "hand your calls over and release your slots" (it waits up to
+# drainWaitSeconds for each call's turn boundary), so give it all of it.
 STOP_TIMEOUT_S = 120
 HEALTH_FILE = "/tmp/worker-heartbeat"
 # ECR lifecycle: untagged images (replaced builds) go after a week; at most 20 images stay.
@@ -46,17 +55,27 @@ QUEUE_CONSUMER_ACTIONS = (
     "sqs:GetQueueAttributes",
     "sqs:ReceiveMessage",
 )
+# Session rows (read, update, handover state) and the slot leases: the worker reads every
+# slot's lease in one BatchGetItem, takes and renews them with conditional updates, and the
+# registry of workers is one item; Scan counts live sessions.
 SESSION_TABLE_ACTIONS = (
+    "dynamodb:BatchGetItem",
     "dynamodb:DeleteItem",
     "dynamodb:GetItem",
     "dynamodb:PutItem",
     "dynamodb:Query",
+    "dynamodb:Scan",
     "dynamodb:UpdateItem",
 )
 IMAGE_PULL_ACTIONS = ("ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage",
                       "ecr:GetDownloadUrlForLayer")  # fmt: skip
 # The @connections calls the worker makes: post a frame, read a connection, hang up.
 CONNECTIONS_METHODS = ("POST", "GET", "DELETE")
+
+
+def worker_service_name(config: StackConfig) -> str:
+    """The ECS service's name: also the Service dimension of the worker's ActiveCalls metric."""
+    return f"{config.name_prefix}-worker"
 
 
 class WorkerService(pulumi.ComponentResource):
@@ -79,8 +98,8 @@ class WorkerService(pulumi.ComponentResource):
         network: Network,
         table_name: pulumi.Input[str],
         table_arn: pulumi.Input[str],
-        queue_url: pulumi.Input[str],
-        queue_arn: pulumi.Input[str],
+        queue_urls: pulumi.Input[str],
+        queue_arns: Sequence[pulumi.Input[str]],
         api_id: pulumi.Input[str],
         stage_name: pulumi.Input[str],
         connections_url: pulumi.Input[str],
@@ -180,7 +199,8 @@ class WorkerService(pulumi.ComponentResource):
             for method in CONNECTIONS_METHODS
         ]
         task_statements = [
-            iam.statement(list(QUEUE_CONSUMER_ACTIONS), [queue_arn], sid="ConsumeAudioQueue"),
+            # Every slot's queue: a worker may come to hold any slot.
+            iam.statement(list(QUEUE_CONSUMER_ACTIONS), list(queue_arns), sid="ConsumeAudioQueue"),
             iam.statement(list(SESSION_TABLE_ACTIONS), [table_arn], sid="SessionTable"),
             iam.statement(["execute-api:ManageConnections"], connections, sid="PostToCallers"),
         ]
@@ -208,7 +228,7 @@ class WorkerService(pulumi.ComponentResource):
         )
         task_role = aws.iam.Role(
             f"{name}-task-role",
-            description="voice-agent worker: audio queue, sessions, @connections",
+            description="voice-agent worker: audio queues, sessions and slot leases, @connections",
             assume_role_policy=trust,
             opts=child,
         )
@@ -229,9 +249,15 @@ class WorkerService(pulumi.ComponentResource):
             ],
             opts=child,
         )
+        # Fixed here, not taken from the service: the task definition (the service's input)
+        # carries it, and autoscaling's metric dimension must match it.
+        service_name = worker_service_name(config)
         environment = {
             "SESSIONS_TABLE": table_name,
-            "AUDIO_QUEUE_URL": queue_url,
+            **slot_environment(config, queue_urls),
+            "DRAIN_WAIT_SECONDS": str(config.drain_wait_seconds),
+            # The value of the Service dimension of the ActiveCalls metric it logs.
+            ENV_METRICS_SERVICE: service_name,
             "CONNECTIONS_ENDPOINT_URL": connections_url,
             "REALTIME_BASE_URL": config.realtime_base_url,
             "REALTIME_MODEL": config.model,
@@ -302,7 +328,7 @@ class WorkerService(pulumi.ComponentResource):
             )
         service = aws.ecs.Service(
             f"{name}-service",
-            name=f"{config.name_prefix}-worker",
+            name=service_name,
             cluster=cluster.arn,
             task_definition=task.arn,
             desired_count=config.worker_count,
@@ -324,7 +350,14 @@ class WorkerService(pulumi.ComponentResource):
             propagate_tags="SERVICE",
             # Don't block `pulumi up` on task health: with no OpenAI key yet, tasks can't start.
             wait_for_steady_state=False,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[capacity]),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[capacity],
+                # Once autoscaling owns the task count, a `pulumi up` must not reset it to
+                # workerCount (scaling in the middle of calls). workerCount still reaches the
+                # service as autoscaling's minimum, and is the count the service starts with.
+                ignore_changes=["desired_count"] if config.worker_autoscaled else None,
+            ),
         )
 
         self.repository_url = repository.repository_url

@@ -3,8 +3,8 @@
 Each stack renders once per session, in its own interpreter (``mock_stack.py``), all in
 parallel: dev (with an OpenAI key set as a secret), prod (no key), dev with hipaa=true, and
 two with the lean $default route (defaultRouteIntegration=sqs): ``dev_lean``, which also sets
-every limit and an origin list away from its default (so each value is seen to arrive), and
-``hipaa_lean``.
+every limit, an origin list and the worker slots away from their defaults (so each value is
+seen to arrive; its worker count is fixed, so it has no autoscaling), and ``hipaa_lean``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ LEAN_OVERRIDES = {
     "voice-agent:clientMessagesPerSecond": "20",
     "voice-agent:clientMessageBurst": "40",
     "voice-agent:allowedOrigins": "https://app.example.com, http://localhost:8000/",
+    "voice-agent:workerSlots": "3",
+    "voice-agent:workerCount": "1",
+    "voice-agent:workerMaxCount": "1",
+    "voice-agent:drainWaitSeconds": "45",
 }
 
 
@@ -42,6 +46,7 @@ class Resource:
     provider: str | None
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+    options: dict[str, Any]
 
 
 class Graph:
@@ -97,8 +102,8 @@ def dev_config(**overrides: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def renders() -> dict[str, dict[str, Any]]:
-    """Raw renders; ``bad_model``, ``plain_key`` and ``bad_route`` are expected to fail with a
-    config error."""
+    """Raw renders; ``bad_model``, ``plain_key``, ``bad_route`` and ``bad_workers`` are
+    expected to fail with a config error."""
     return render_stacks(
         {
             "dev": ("dev", dev_config(**{"voice-agent:openaiApiKey": OPENAI_TEST_KEY}),
@@ -112,6 +117,8 @@ def renders() -> dict[str, dict[str, Any]]:
                                                 "voice-agent:defaultRouteIntegration": "sqs"}), []),
             "bad_route": ("dev", dev_config(**{"voice-agent:defaultRouteIntegration": "http",
                                                "voice-agent:allowedOrigins": "example.com"}), []),
+            "bad_workers": ("dev", dev_config(**{"voice-agent:workerCount": "3",
+                                                 "voice-agent:workerMaxCount": "2"}), []),
         }
     )  # fmt: skip
 

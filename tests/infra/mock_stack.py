@@ -2,7 +2,8 @@
 
 ``__main__.py`` runs at import and Pulumi's runtime settings are process-wide, so each
 stack renders in a fresh interpreter: ``python -m tests.infra.mock_stack STACK CONFIG_JSON``
-prints ``{"resources": [...], "outputs": {...}}`` (or ``{"error": "..."}``) on stdout.
+prints ``{"resources": [...], "outputs": {...}}`` (or ``{"error": "..."}``) on stdout; each
+resource carries the options the mocks can't see (``ignoreChanges``).
 ``render_stacks`` runs several of them in parallel.
 """
 
@@ -70,7 +71,16 @@ def _main(stack: str, config: dict[str, str], secret_keys: list[str]) -> dict[st
     pulumi.runtime.set_all_config(config, secret_keys)
     pulumi.runtime.set_mocks(mocks, project=PROJECT, stack=stack, preview=False)
 
+    # Resource options the engine never shows the mocks, recorded as each resource registers.
+    options: dict[str, dict[str, Any]] = {}
+
+    def record_options(args: pulumi.ResourceTransformationArgs) -> None:
+        options[f"{args.type_}::{args.name}"] = {
+            "ignoreChanges": list(args.opts.ignore_changes or []),
+        }
+
     def program() -> None:
+        pulumi.runtime.register_stack_transformation(record_options)
         runpy.run_path(str(ROOT / "__main__.py"), run_name="__main__")
 
     try:
@@ -83,6 +93,8 @@ def _main(stack: str, config: dict[str, str], secret_keys: list[str]) -> dict[st
     root = get_root_resource()
     outputs = getattr(root, "outputs", {}) or {}
     resolved = _sync_await(pulumi.Output.all(**outputs).future()) if outputs else {}
+    for resource in mocks.resources:
+        resource["options"] = options.get(f"{resource['type']}::{resource['name']}", {})
     return {"resources": mocks.resources, "calls": mocks.calls, "outputs": resolved}
 
 

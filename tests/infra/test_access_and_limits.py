@@ -78,7 +78,7 @@ def test_the_signing_key_is_random_per_stack_and_kept_only_in_secrets_manager(
     assert SIGNING_KEY not in json.dumps(others, default=str)
 
 
-def test_the_authorizer_function_knows_its_secret_audience_and_origins(
+def test_the_authorizer_function_knows_its_secret_audience_origins_and_slots(
     dev: Graph, dev_lean: Graph
 ) -> None:
     for graph, origins in ((dev, ""), (dev_lean, "https://app.example.com,http://localhost:8000")):
@@ -88,6 +88,10 @@ def test_the_authorizer_function_knows_its_secret_audience_and_origins(
             "AUTH_SECRET_ARN": graph.named("connect-auth-secret").outputs["arn"],
             "TOKEN_AUDIENCE": audience_for("dev"),
             "ALLOWED_ORIGINS": origins,
+            # Where it reads the slots' leases, and the queue URLs it hands back per slot.
+            "SESSIONS_TABLE": graph.outputs["sessionsTable"],
+            "AUDIO_QUEUE_URLS": ",".join(graph.outputs["audioQueueUrls"]),
+            "WORKER_SLOTS": str(graph.outputs["workerSlots"]),
             "LOG_LEVEL": "INFO",
         }
         assert graph.outputs["tokenAudience"] == "voice-agent-dev"

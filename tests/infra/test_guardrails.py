@@ -67,7 +67,8 @@ def test_the_dev_stack_fails_the_rules_hipaa_mode_exists_for(dev: Graph) -> None
     encrypted = set().union(*(names(t) for t in (
         guardrails.SQS_QUEUE, guardrails.DYNAMODB_TABLE, guardrails.LOG_GROUP,
         guardrails.SECRET, guardrails.ECR_REPOSITORY)))  # fmt: skip
-    assert len(names(guardrails.SQS_QUEUE)) == 2, "the dead-letter queue is checked too"
+    # Every slot's queue, and the dead-letter queue too.
+    assert len(names(guardrails.SQS_QUEUE)) == dev.outputs["workerSlots"] + 1
     assert found["customer-managed-keys"] == encrypted
     assert found["point-in-time-recovery"] == names(guardrails.DYNAMODB_TABLE)
     assert found["lambda-in-vpc"] == names(guardrails.LAMBDA_FUNCTION)

@@ -59,12 +59,13 @@ def test_zip_holds_what_the_handler_imports_and_nothing_else(handler: str, dev: 
     assert f"{handler_module(handler).replace('.', '/')}.py" in archive
 
 
-def test_the_authorizer_zip_carries_only_the_token_code(dev: Graph) -> None:
+def test_the_authorizer_zip_carries_only_the_token_and_slot_code(dev: Graph) -> None:
     function = next(f for f in dev.of_type("aws:lambda/function:Function")
                     if f.inputs["handler"] == AUTHORIZER_HANDLER)  # fmt: skip
+    # It checks the token and places the call on a worker slot (wire/slots.py).
     assert set(function.inputs["code"]["archive"]) == {
         "handlers/__init__.py", "handlers/authorize.py",
-        "wire/__init__.py", "wire/token.py", "wire/log_record.py",
+        "wire/__init__.py", "wire/token.py", "wire/log_record.py", "wire/slots.py",
     }  # fmt: skip
 
 

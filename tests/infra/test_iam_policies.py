@@ -12,6 +12,7 @@ from parliament import analyze_policy_string
 
 from infra import iam
 from infra.connect_authorizer import HANDLER as AUTHORIZER_HANDLER
+from infra.connect_authorizer import TABLE_ACTIONS as AUTHORIZER_TABLE_ACTIONS
 from infra.functions import HANDLERS, SESSION_COUNT_ACTION
 from infra.keys import KEY_POLICY_ACCOUNT_STATEMENT_SID
 from infra.websocket_api import API_GATEWAY_LOGS_MANAGED_POLICY
@@ -177,6 +178,7 @@ def test_key_policies_delegate_to_iam_and_trust_only_the_logs_service(hipaa_stac
 BOTO3_ACTIONS = {
     "put_item": "dynamodb:PutItem",
     "get_item": "dynamodb:GetItem",
+    "batch_get_item": "dynamodb:BatchGetItem",
     "update_item": "dynamodb:UpdateItem",
     "delete_item": "dynamodb:DeleteItem",
     "query": "dynamodb:Query",
@@ -231,29 +233,47 @@ def test_connect_may_scan_the_table_only_when_it_limits_sessions(prod: Graph, de
     assert actions_of(unlimited, "dynamodb:") == {"dynamodb:PutItem"}
 
 
-def test_the_authorizer_may_read_only_its_signing_key(every_stack: Graph) -> None:
-    calls = boto3_calls([module_path(AUTHORIZER_HANDLER)], {"secrets"})
-    assert calls == {"get_secret_value"}
+def queue_arns(graph: Graph) -> list[str]:
+    """The slots' audio queue ARNs, in slot order."""
+    return [graph.by_output("url", url).outputs["arn"] for url in graph.outputs["audioQueueUrls"]]
+
+
+def test_the_authorizer_may_read_its_signing_key_and_place_calls_on_slots(
+    every_stack: Graph,
+) -> None:
+    assert boto3_calls([module_path(AUTHORIZER_HANDLER)], {"secrets"}) == {"get_secret_value"}
+    placing = {BOTO3_ACTIONS[c] for c in boto3_calls([module_path(AUTHORIZER_HANDLER)],
+                                                     {"dynamodb"})}  # fmt: skip
+    assert placing == set(AUTHORIZER_TABLE_ACTIONS) == {
+        "dynamodb:BatchGetItem", "dynamodb:UpdateItem"}  # fmt: skip
     policy = identity_policies(every_stack)["connect-auth-function-policy"]
     secret = every_stack.named("connect-auth-secret").outputs["arn"]
     [read] = [s for s in statements(policy) if s["Action"] == [BOTO3_ACTIONS["get_secret_value"]]]
     assert read["Resource"] == [secret]
+    # The slots' lease items are in the sessions table: read them all, count the call.
+    table = every_stack.one("aws:dynamodb/table:Table").outputs["arn"]
+    [place] = [s for s in statements(policy) if s.get("Sid") == "PlaceOnSlot"]
+    assert (place["Action"], place["Resource"]) == (sorted(AUTHORIZER_TABLE_ACTIONS), [table])
     granted = {a for s in statements(policy) for a in s["Action"]}
-    assert not {a for a in granted if a.split(":")[0] in ("sqs", "dynamodb", "execute-api")}
+    # It returns the slot's queue URL; it sends nothing itself.
+    assert not {a for a in granted if a.split(":")[0] in ("sqs", "execute-api")}
+    assert actions_of(policy, "dynamodb:") == set(AUTHORIZER_TABLE_ACTIONS)
     kms = [s for s in statements(policy) if any(a.startswith("kms:") for a in s["Action"])]
     if every_stack.of_type("aws:kms/key:Key"):
         [stmt] = kms
         assert stmt["Action"] == ["kms:Decrypt"]
-        assert stmt["Condition"]["StringEquals"]["kms:ViaService"].startswith("secretsmanager.")
+        via = stmt["Condition"]["StringEquals"]["kms:ViaService"]
+        assert [v.split(".")[0] for v in via] == ["secretsmanager", "dynamodb"]
     else:
         assert not kms
 
 
-def test_the_lean_route_role_may_only_send_to_the_audio_queue(lean_stack: Graph) -> None:
+def test_the_lean_route_role_may_only_send_to_the_audio_queues(lean_stack: Graph) -> None:
     policy = identity_policies(lean_stack)["websocket-default-queue-policy"]
-    queue = lean_stack.by_output("url", lean_stack.outputs["audioQueueUrl"]).outputs["arn"]
     [send] = [s for s in statements(policy) if s["Action"] == ["sqs:SendMessage"]]
-    assert send["Resource"] == [queue]
+    # Every slot's queue (the template picks the connection's), nothing else.
+    assert send["Resource"] == queue_arns(lean_stack)
+    assert len(send["Resource"]) == lean_stack.outputs["workerSlots"]
     others = [s for s in statements(policy) if s is not send]
     if lean_stack.of_type("aws:kms/key:Key"):
         # A producer of a queue under our key: GenerateDataKey and Decrypt, through SQS only.
@@ -284,6 +304,27 @@ def test_the_worker_task_role_covers_every_call_the_worker_makes(prod: Graph) ->
             assert any(f"/live/{method}/@connections/*" in r for r in stmt["Resource"]), call
         else:
             assert BOTO3_ACTIONS[call] in granted, call
+
+
+def test_every_sender_and_the_worker_reach_every_slot_queue(every_stack: Graph) -> None:
+    arns = queue_arns(every_stack)
+    assert len(arns) == every_stack.outputs["workerSlots"] >= 1
+    dlq = every_stack.by_output("url", every_stack.outputs["audioDeadLetterQueueUrl"])
+    for name, policy in identity_policies(every_stack).items():
+        for stmt in statements(policy):
+            if any(a.startswith("sqs:") for a in stmt["Action"]):
+                # A call may be on any slot, and a worker may come to hold any slot; no one
+                # reads or writes the dead-letter queue.
+                assert stmt["Resource"] == arns, name
+                assert dlq.outputs["arn"] not in stmt["Resource"], name
+    task = identity_policies(every_stack)["worker-task-policy"]
+    [consume] = [s for s in statements(task) if s.get("Sid") == "ConsumeAudioQueue"]
+    assert consume["Action"] == ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage",
+                                 "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]  # fmt: skip
+    # Session rows, handover state and the slot leases.
+    assert actions_of(task, "dynamodb:") == {
+        "dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem",
+        "dynamodb:Query", "dynamodb:Scan", "dynamodb:UpdateItem"}  # fmt: skip
 
 
 def test_the_worker_may_post_only_to_this_apis_stage(any_stack: Graph) -> None:

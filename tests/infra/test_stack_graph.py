@@ -14,12 +14,14 @@ from tests.infra.conftest import OPENAI_TEST_KEY, Graph
 from tests.infra.mock_stack import DIGEST
 
 WORKER_ENV = {
-    "SESSIONS_TABLE", "AUDIO_QUEUE_URL", "CONNECTIONS_ENDPOINT_URL", "REALTIME_BASE_URL",
+    "SESSIONS_TABLE", "AUDIO_QUEUE_URLS", "WORKER_SLOTS", "DRAIN_WAIT_SECONDS", "METRICS_SERVICE",
+    "CONNECTIONS_ENDPOINT_URL", "REALTIME_BASE_URL",
     "REALTIME_MODEL", "REALTIME_VOICE", "REALTIME_INSTRUCTIONS", "AUDIO_CHUNK_BYTES",
     "AWS_REGION", "LOG_LEVEL", "HEALTH_FILE",
     "MAX_CALL_SECONDS", "CLIENT_MESSAGES_PER_SECOND", "CLIENT_MESSAGE_BURST",
 }  # fmt: skip
-LAMBDA_ENV = {"SESSIONS_TABLE", "AUDIO_QUEUE_URL", "SESSION_TTL_SECONDS", "LOG_LEVEL"}
+LAMBDA_ENV = {"SESSIONS_TABLE", "AUDIO_QUEUE_URLS", "WORKER_SLOTS", "SESSION_TTL_SECONDS",
+              "LOG_LEVEL"}  # fmt: skip
 CONNECT_ENV = LAMBDA_ENV | {"MAX_SESSIONS"}
 SECRET_SIG = "4dabf18193072939515e22adb298388d"  # how Pulumi marks a secret value on the wire
 
@@ -56,7 +58,10 @@ def test_outputs_give_the_caller_and_the_operator_what_they_need(every_stack: Gr
     assert out["wssUrl"] == f"wss://{host}/{STAGE_NAME}"
     assert out["connectionsUrl"] == f"https://{host}/{STAGE_NAME}"
     assert out["sessionsTable"] == every_stack.one("aws:dynamodb/table:Table").outputs["name"]
-    assert out["audioQueueUrl"].endswith(".fifo") and "-audio.fifo" in out["audioQueueUrl"]
+    slots = out["workerSlots"]
+    assert [url.rsplit("/", 1)[1] for url in out["audioQueueUrls"]] == [
+        f"{out['clusterName']}-audio-{k}.fifo" for k in range(slots)]  # fmt: skip
+    assert out["audioDeadLetterQueueUrl"].endswith("-audio-dlq.fifo")
     assert out["clusterName"] == every_stack.one("aws:ecs/cluster:Cluster").outputs["name"]
     assert out["serviceName"] == every_stack.one("aws:ecs/service:Service").outputs["name"]
     assert out["imageDigest"] == DIGEST
@@ -182,7 +187,7 @@ def test_functions_are_arm64_current_python_with_the_documented_environment(
     any_stack: Graph,
 ) -> None:
     table = any_stack.one("aws:dynamodb/table:Table").outputs["name"]
-    queue_url = any_stack.outputs["audioQueueUrl"]
+    queue_urls = any_stack.outputs["audioQueueUrls"]
     for spec in HANDLERS:
         function = function_for(any_stack, spec.handler)
         assert function.inputs["architectures"] == ["arm64"]
@@ -190,7 +195,9 @@ def test_functions_are_arm64_current_python_with_the_documented_environment(
         variables = function.inputs["environment"]["variables"]
         assert set(variables) == (CONNECT_ENV if spec.limits_sessions else LAMBDA_ENV)
         assert variables["SESSIONS_TABLE"] == table
-        assert variables["AUDIO_QUEUE_URL"] == queue_url
+        # Every slot's queue, in slot order: a connection's slot picks its queue.
+        assert variables["AUDIO_QUEUE_URLS"].split(",") == queue_urls
+        assert variables["WORKER_SLOTS"] == str(len(queue_urls))
         assert variables["SESSION_TTL_SECONDS"] == "7200"
         role = any_stack.by_output("arn", function.inputs["role"])
         policies = [p for p in any_stack.of_type("aws:iam/rolePolicy:RolePolicy")
@@ -258,35 +265,48 @@ def test_point_in_time_recovery_in_prod_and_hipaa_only(stacks: dict[str, Graph])
                     "hipaa_lean": True}  # fmt: skip
 
 
-def test_audio_queue_is_high_throughput_fifo_with_a_fifo_dead_letter_queue(
-    any_stack: Graph,
+def test_each_slot_has_a_high_throughput_fifo_queue_redriving_to_one_fifo_dlq(
+    every_stack: Graph,
 ) -> None:
-    queues = {q.inputs["name"]: q for q in any_stack.of_type("aws:sqs/queue:Queue")}
-    prefix = any_stack.outputs["clusterName"]  # voice-agent-<stack>
-    queue = queues[specs.audio_queue_name(prefix)]
-    dlq = queues[specs.audio_dlq_name(prefix)]
-    # The same attributes the local stack creates (infra/specs.py), attribute for attribute.
-    as_attributes = {
-        "FifoQueue": str(queue.inputs["fifoQueue"]).lower(),
-        "ContentBasedDeduplication": str(queue.inputs["contentBasedDeduplication"]).lower(),
-        "DeduplicationScope": queue.inputs["deduplicationScope"],
-        "FifoThroughputLimit": queue.inputs["fifoThroughputLimit"],
-        "ReceiveMessageWaitTimeSeconds": str(int(queue.inputs["receiveWaitTimeSeconds"])),
-        "VisibilityTimeout": str(int(queue.inputs["visibilityTimeoutSeconds"])),
-        "MessageRetentionPeriod": str(int(queue.inputs["messageRetentionSeconds"])),
-    }
-    assert as_attributes == specs.audio_queue_attributes()
-    assert as_attributes["ContentBasedDeduplication"] == "false"
-    assert json.loads(queue.inputs["redrivePolicy"]) == {
-        "deadLetterTargetArn": dlq.outputs["arn"],
-        "maxReceiveCount": specs.AUDIO_QUEUE_MAX_RECEIVE_COUNT,
-    }
+    queues = {q.inputs["name"]: q for q in every_stack.of_type("aws:sqs/queue:Queue")}
+    prefix = every_stack.outputs["clusterName"]  # voice-agent-<stack>
+    slots = every_stack.outputs["workerSlots"]
+    dlq = queues.pop(specs.audio_dlq_name(prefix))
+    assert sorted(queues) == sorted(specs.audio_queue_name(prefix, k) for k in range(slots))
+    slot_queues = [queues[specs.audio_queue_name(prefix, k)] for k in range(slots)]
+    assert [q.outputs["url"] for q in slot_queues] == every_stack.outputs["audioQueueUrls"]
+    for queue in slot_queues:
+        # The same attributes the local stack creates (infra/specs.py), attribute for attribute.
+        as_attributes = {
+            "FifoQueue": str(queue.inputs["fifoQueue"]).lower(),
+            "ContentBasedDeduplication": str(queue.inputs["contentBasedDeduplication"]).lower(),
+            "DeduplicationScope": queue.inputs["deduplicationScope"],
+            "FifoThroughputLimit": queue.inputs["fifoThroughputLimit"],
+            "ReceiveMessageWaitTimeSeconds": str(int(queue.inputs["receiveWaitTimeSeconds"])),
+            "VisibilityTimeout": str(int(queue.inputs["visibilityTimeoutSeconds"])),
+            "MessageRetentionPeriod": str(int(queue.inputs["messageRetentionSeconds"])),
+        }
+        assert as_attributes == specs.audio_queue_attributes()
+        assert as_attributes["ContentBasedDeduplication"] == "false"
+        assert json.loads(queue.inputs["redrivePolicy"]) == {
+            "deadLetterTargetArn": dlq.outputs["arn"],
+            "maxReceiveCount": specs.AUDIO_QUEUE_MAX_RECEIVE_COUNT,
+        }
     assert dlq.inputs["fifoQueue"] is True
     assert dlq.inputs["messageRetentionSeconds"] == specs.AUDIO_DLQ_RETENTION_SECONDS
-    allow = any_stack.one("aws:sqs/redriveAllowPolicy:RedriveAllowPolicy")
+    allow = every_stack.one("aws:sqs/redriveAllowPolicy:RedriveAllowPolicy")
     assert allow.inputs["queueUrl"] == dlq.outputs["url"]
     assert json.loads(allow.inputs["redriveAllowPolicy"]) == {
-        "redrivePermission": "byQueue", "sourceQueueArns": [queue.outputs["arn"]]}  # fmt: skip
+        "redrivePermission": "byQueue",
+        "sourceQueueArns": [q.outputs["arn"] for q in slot_queues]}  # fmt: skip
+
+
+def test_the_slot_count_follows_the_config(stacks: dict[str, Graph]) -> None:
+    slots = {name: g.outputs["workerSlots"] for name, g in stacks.items()}
+    # dev and prod from their stack files, dev_lean's override, the others dev's.
+    assert slots == {"dev": 2, "prod": 8, "dev_hipaa": 2, "dev_lean": 3, "hipaa_lean": 2}
+    for name, graph in stacks.items():
+        assert len(graph.of_type("aws:sqs/queue:Queue")) == slots[name] + 1, name
 
 
 # --- worker ---------------------------------------------------------------------------------
@@ -332,7 +352,11 @@ def test_task_pins_the_pushed_digest_and_gets_the_key_only_as_a_secret(any_stack
     assert env["CONNECTIONS_ENDPOINT_URL"] == (
         f"https://{api.id}.execute-api.{region}.amazonaws.com/{STAGE_NAME}")  # fmt: skip
     assert env["SESSIONS_TABLE"] == any_stack.outputs["sessionsTable"]
-    assert env["AUDIO_QUEUE_URL"] == any_stack.outputs["audioQueueUrl"]
+    assert env["AUDIO_QUEUE_URLS"].split(",") == any_stack.outputs["audioQueueUrls"]
+    assert env["WORKER_SLOTS"] == str(any_stack.outputs["workerSlots"])
+    # The drain fits the stop timeout; the metric is dimensioned by this very service.
+    assert int(env["DRAIN_WAIT_SECONDS"]) + 10 <= spec["stopTimeout"]
+    assert env["METRICS_SERVICE"] == any_stack.outputs["serviceName"]
 
 
 def test_the_image_is_built_for_arm64_from_the_repo_root_and_pushed_to_ecr(
@@ -427,7 +451,9 @@ def test_hipaa_mode_encrypts_everything_with_rotating_customer_keys(hipaa_stack:
     data, logs = keys["keys-data"].outputs["arn"], keys["keys-logs"].outputs["arn"]
 
     queues = graph.of_type("aws:sqs/queue:Queue")
-    assert len(queues) == 2 and all(q.inputs["kmsMasterKeyId"] == data for q in queues)
+    assert len(queues) == graph.outputs["workerSlots"] + 1  # every slot's queue and the DLQ
+    assert all(q.inputs["kmsMasterKeyId"] == data for q in queues)
+    assert all("sqsManagedSseEnabled" not in q.inputs for q in queues)
     table = graph.one("aws:dynamodb/table:Table")
     assert table.inputs["serverSideEncryption"] == {"enabled": True, "kmsKeyArn": data}
     secrets = graph.of_type("aws:secretsmanager/secret:Secret")
