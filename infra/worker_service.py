@@ -354,8 +354,11 @@ class WorkerService(pulumi.ComponentResource):
                 parent=self,
                 depends_on=[capacity],
                 # Once autoscaling owns the task count, a `pulumi up` must not reset it to
-                # workerCount (scaling in the middle of calls). workerCount still reaches the
-                # service as autoscaling's minimum, and is the count the service starts with.
+                # workerCount (scaling in the middle of calls). workerCount is the count the
+                # service starts with, and reaches it later as autoscaling's minimum:
+                # registering the new range moves the current count into it. (Turning
+                # autoscaling off again: `pulumi up --refresh`, so the count left by
+                # autoscaling is seen and set back to workerCount.)
                 ignore_changes=["desired_count"] if config.worker_autoscaled else None,
             ),
         )
