@@ -19,8 +19,8 @@ from handlers.runtime import (
     request_context,
     sqs,
 )
-from wire.slots import SESSION_ATTR_SLOT, slot_of
 from wire.queue import ConnectionInfo, EnvelopeKind, QueueEnvelope
+from wire.slots import SESSION_ATTR_SLOT, slot_of
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

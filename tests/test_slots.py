@@ -32,9 +32,13 @@ def held(slot: int, owner: str, sessions: int = 0, *, until: int = LATER, draini
 # --- placement ---------------------------------------------------------------------------
 
 
-def test_a_call_goes_to_the_live_slot_with_fewest_sessions() -> None:
-    states = [held(0, "a", 5), held(1, "b", 2), held(2, "a", 3)]
-    assert slots.choose_slot(states, NOW) == 1
+def test_calls_go_mostly_to_the_least_loaded_live_slot() -> None:
+    states = [held(0, "a", 8), held(1, "b", 0), held(2, "a", 6)]
+    rng = random.Random(1)
+    chosen = [slots.choose_slot(states, NOW, rng) for _ in range(1000)]
+    assert chosen.count(1) > chosen.count(2) > chosen.count(0) > 0
+    # Weights 1 : 9 : 3 (most sessions - sessions + 1).
+    assert 0.6 < chosen.count(1) / 1000 < 0.78
 
 
 def test_draining_and_expired_slots_take_no_new_calls() -> None:
@@ -44,12 +48,13 @@ def test_draining_and_expired_slots_take_no_new_calls() -> None:
         slots.SlotState(2),  # never leased
         held(3, "c", 9),
     ]
-    assert slots.choose_slot(states, NOW) == 3
+    assert {slots.choose_slot(states, NOW, random.Random(s)) for s in range(50)} == {3}
 
 
-def test_with_no_live_slot_the_least_loaded_of_all_is_chosen() -> None:
+def test_with_no_live_slot_every_slot_is_a_candidate() -> None:
     states = [slots.SlotState(0, sessions=4), slots.SlotState(1, sessions=1)]
-    assert slots.choose_slot(states, NOW) == 1
+    chosen = [slots.choose_slot(states, NOW, random.Random(s)) for s in range(200)]
+    assert chosen.count(1) > chosen.count(0) > 0
 
 
 def test_ties_are_spread_at_random() -> None:
@@ -61,7 +66,12 @@ def test_ties_are_spread_at_random() -> None:
 def test_the_slot_in_the_authorizer_context_is_read_defensively() -> None:
     assert slots.slot_of({"authorizer": {"slot": "2"}}, 4) == 2
     assert slots.slot_of({"authorizer": {"slot": 2}}, 4) == 2
-    for bad in ({}, {"authorizer": None}, {"authorizer": {"slot": "x"}}, {"authorizer": {"slot": "9"}}):
+    for bad in (
+        {},
+        {"authorizer": None},
+        {"authorizer": {"slot": "x"}},
+        {"authorizer": {"slot": "9"}},
+    ):
         assert slots.slot_of(bad, 4) == 0
 
 
@@ -231,7 +241,7 @@ def three_slots(moto) -> Iterator[tuple[dict, list[str], object]]:
     yield modules, urls, moto
 
 
-def test_the_authorizer_places_on_the_least_loaded_live_slot_and_counts_it(three_slots) -> None:
+def test_the_authorizer_places_on_live_slots_by_load_and_counts_each_call(three_slots) -> None:
     modules, urls, moto = three_slots
     now = int(time.time() * 1000)
     table = moto.resources.table_name
@@ -253,13 +263,25 @@ def test_the_authorizer_places_on_the_least_loaded_live_slot_and_counts_it(three
         "queryStringParameters": {"token": tokens.mint(b"k", tokens.audience_for("test"))},
         "requestContext": {"routeKey": "$connect", "connectionId": "c1=", "requestId": "r1"},
     }
-    result = modules["authorize"].handler(event, SimpleNamespace(aws_request_id="x"))
-    assert result["context"]["slot"] == "1"
-    assert result["context"]["queueUrl"] == urls[1]
-    item = moto.dynamodb.get_item(
-        TableName=table, Key={"connectionId": {"S": slots.slot_key(1)}}
-    )["Item"]
-    assert item["sessions"]["N"] == "2"  # counted at once, before the worker's heartbeat
+    placed = []
+    random.seed(3)  # the authorizer draws from the module-level generator
+    for _ in range(6):
+        result = modules["authorize"].handler(event, SimpleNamespace(aws_request_id="x"))
+        slot = int(result["context"]["slot"])
+        assert result["context"]["queueUrl"] == urls[slot]
+        placed.append(slot)
+    assert 2 not in placed  # draining
+    assert placed.count(1) >= placed.count(0)
+    counts = [
+        int(
+            moto.dynamodb.get_item(TableName=table, Key={"connectionId": {"S": slots.slot_key(i)}})[
+                "Item"
+            ]["sessions"]["N"]
+        )
+        for i in range(2)
+    ]
+    # Each placement is counted at once, before the worker's next heartbeat.
+    assert counts == [4 + placed.count(0), 1 + placed.count(1)]
 
 
 def test_every_route_of_a_connection_uses_its_slots_queue(three_slots) -> None:

@@ -125,15 +125,18 @@ def _number(value: Any) -> int:
 
 
 def choose_slot(states: Sequence[SlotState], now_ms: int, rng: random.Random | None = None) -> int:
-    """Where a new call goes: the accepting slot with the fewest sessions (ties broken at
-    random, so a burst of connects between two heartbeats does not pile onto one slot).
-    With no accepting slot (every worker restarting) the least loaded slot of all is
-    chosen: its queue keeps the call's audio until a worker leases the slot."""
+    """Where a new call goes: an accepting slot drawn at random, weighted towards the
+    least loaded (weight = most sessions of any candidate - its sessions + 1). Pure
+    least-loaded would send every connect of a burst to one slot: concurrent authorizers
+    read the same counts before any increment lands. With no accepting slot (every
+    worker restarting) all slots are candidates: the queue keeps a call's audio until a
+    worker leases its slot."""
     if not states:
         raise ValueError("no slots to choose from")
     candidates = [s for s in states if s.accepting(now_ms)] or list(states)
-    fewest = min(s.sessions for s in candidates)
-    return (rng or random).choice([s for s in candidates if s.sessions == fewest]).slot
+    most = max(s.sessions for s in candidates)
+    weights = [most - s.sessions + 1 for s in candidates]
+    return (rng or random).choices(candidates, weights=weights)[0].slot
 
 
 # --- the worker's load metric (CloudWatch embedded metric format, read by autoscaling) ------

@@ -14,63 +14,63 @@ from botocore.config import Config
 from wire.log_record import configure
 from worker.bridge import Bridge
 from worker.connections import ConnectionsApi
-from worker.queue_consumer import QueueConsumer
+from worker.service import WorkerService
+from worker.session_rows import SessionRows
 from worker.settings import SettingsError, WorkerSettings
+from worker.slot_leases import SlotLeases
 
 log = configure("voice-agent.worker")
-
-_HEARTBEAT_S = 10
 
 
 async def run(settings: WorkerSettings) -> None:
     executor = ThreadPoolExecutor(max_workers=settings.io_threads, thread_name_prefix="io")
-    sqs = boto3.client(
-        "sqs",
-        config=Config(
-            max_pool_connections=settings.io_threads,
-            retries={"mode": "standard", "max_attempts": 3},
-        ),
+    client_config = Config(
+        max_pool_connections=settings.io_threads,
+        retries={"mode": "standard", "max_attempts": 3},
     )
+    sqs = boto3.client("sqs", config=client_config)
+    dynamodb = boto3.client("dynamodb", config=client_config)
     connections = ConnectionsApi(settings.connections_endpoint_url, executor, settings.io_threads)
-    bridge = Bridge(settings, connections)
-    consumer = QueueConsumer(
-        sqs,
-        settings.audio_queue_url,
+    rows = SessionRows(dynamodb, settings.sessions_table, executor)
+    bridge = Bridge(settings, connections, rows)
+    leases = SlotLeases(
+        dynamodb,
+        settings.sessions_table,
+        len(settings.queue_urls),
+        settings.worker_id,
         executor,
-        pollers=settings.sqs_pollers,
-        on_envelope=bridge.handle,
+        lease_ms=settings.lease_ms,
     )
+    service = WorkerService(settings, bridge, sqs, leases, rows, executor)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    consuming = asyncio.create_task(consumer.run(), name="queue consumer")
-    heartbeat = asyncio.create_task(
-        _heartbeat(Path(settings.health_file), bridge), name="heartbeat"
-    )
+    background = [
+        asyncio.create_task(service.lease_loop(), name="slot leases"),
+        asyncio.create_task(service.health_loop(Path(settings.health_file)), name="health"),
+        asyncio.create_task(service.metric_loop(), name="metrics"),
+        asyncio.create_task(service.silence_loop(), name="silent calls"),
+    ]
     log.info(
-        "worker started", extra={"model": settings.session.model, "pollers": settings.sqs_pollers}
+        "worker started",
+        extra={
+            "model": settings.session.model,
+            "pollers": settings.sqs_pollers,
+            "slots": len(settings.queue_urls),
+            "worker": settings.worker_id,
+        },
     )
     await stop.wait()
-    log.info("worker stopping", extra={"calls": len(bridge.calls)})
-    consumer.stop()
-    await bridge.shutdown()
-    heartbeat.cancel()
-    consuming.cancel()
-    await asyncio.gather(consuming, heartbeat, return_exceptions=True)
+    log.info("worker draining", extra={"calls": len(bridge.calls), "slots": sorted(service.held)})
+    await service.drain()
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
+    await service.wait_consumers(settings.sqs_wait_seconds + 2)
     executor.shutdown(wait=False, cancel_futures=True)
-    log.info("worker stopped")
-
-
-async def _heartbeat(path: Path, bridge: Bridge) -> None:
-    """Touch the file the container health check reads: the event loop is alive."""
-    while True:
-        try:
-            path.write_text(str(len(bridge.calls)))
-        except OSError:
-            log.warning("cannot write heartbeat", extra={"path": str(path)})
-        await asyncio.sleep(_HEARTBEAT_S)
+    log.info("worker stopped", extra={"handed_over": service.handed_over})
 
 
 def main() -> int:

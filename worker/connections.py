@@ -50,6 +50,20 @@ class ConnectionsApi:
     def _post(self, connection_id: str, data: bytes) -> None:
         self._client.post_to_connection(ConnectionId=connection_id, Data=data)
 
+    async def is_connected(self, connection_id: str) -> bool:
+        """Whether the caller's WebSocket is still open (a GET on @connections). Only a
+        clear "gone" says no: an error or a throttle counts as connected, to ask again."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(
+                self._executor, lambda: self._client.get_connection(ConnectionId=connection_id)
+            )
+        except self._gone:
+            return False
+        except (ClientError, BotoCoreError):
+            return True
+        return True
+
     async def disconnect(self, connection_id: str) -> None:
         """Close the caller's WebSocket (API Gateway then sends $disconnect)."""
         loop = asyncio.get_running_loop()

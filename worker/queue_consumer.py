@@ -3,6 +3,10 @@
 A FIFO message group (one per call) stays locked while any of its received messages is
 undeleted, so each loop deletes what it received as soon as the envelopes are handed to
 the sessions; the next frames of that call can then be received at once.
+
+One consumer serves one slot's queue. When the worker gives the slot up, messages a long
+poll still returns are not handled here: they are made visible again at once, for the
+worker that takes the slot over, in their order.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ class QueueConsumer:
         await asyncio.gather(*(self._poll(i) for i in range(self._pollers)))
 
     def stop(self) -> None:
-        """Take no more messages; loops end after their current long poll."""
+        """Handle no more messages. Loops end when their current long poll returns; what it
+        returns goes back to the queue (visible at once) instead of being handled."""
         self._stopping.set()
 
     async def _poll(self, index: int) -> None:
@@ -65,6 +70,9 @@ class QueueConsumer:
             messages = response.get("Messages") or []
             if not messages:
                 continue
+            if self._stopping.is_set():
+                await self._give_back(messages, index)
+                return
             self._dispatch(messages)
             try:
                 await loop.run_in_executor(self._executor, self._delete, messages)
@@ -72,6 +80,22 @@ class QueueConsumer:
                 # Undeleted messages come back after the visibility timeout; the session
                 # core drops what it has already seen.
                 log.warning("delete failed", extra={"poller": index, "error": repr(exc)})
+
+    async def _give_back(self, messages: list[dict[str, Any]], index: int) -> None:
+        entries = [
+            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for i, m in enumerate(messages)
+        ]
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor,
+                lambda: self._sqs.change_message_visibility_batch(
+                    QueueUrl=self._queue_url, Entries=entries
+                ),
+            )
+        except (ClientError, BotoCoreError) as exc:
+            # They come back after the visibility timeout instead: later, still in order.
+            log.warning("could not give messages back", extra={"poller": index, "error": repr(exc)})
 
     def _receive(self) -> dict[str, Any]:
         return self._sqs.receive_message(

@@ -129,7 +129,9 @@ class SlotLeases:
 
     # --- writes ---------------------------------------------------------------------------
 
-    async def announce(self, now_ms: int, *, present: bool = True, forget: Sequence[str] = ()) -> None:
+    async def announce(
+        self, now_ms: int, *, present: bool = True, forget: Sequence[str] = ()
+    ) -> None:
         """Say this worker is alive (or, with ``present=False``, leaving: its slots are not
         to be counted on), and drop registry entries of workers long dead."""
         await self._run(self._announce, now_ms, present, tuple(forget))
