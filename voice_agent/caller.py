@@ -65,8 +65,11 @@ class CallResult:
 class _Timeline:
     """Maps uplink audio positions to wall-clock time and pairs turns with replies."""
 
-    def __init__(self, pace: float) -> None:
+    def __init__(self, pace: float, expected_turns: int | None = None) -> None:
         self.pace = pace
+        # When known, the call is not over before this many replies (a reply delayed
+        # past QUIET_MS, e.g. across a worker handover, is still waited for).
+        self.expected_turns = expected_turns
         self.t0 = time.monotonic()
         self.last_event_at = self.t0
         self.result = CallResult()
@@ -92,7 +95,7 @@ class _Timeline:
                 turn.first_audio_at = now
 
     def replies_complete(self) -> bool:
-        turns = len(self.result.turns)
+        turns = max(len(self.result.turns), self.expected_turns or 0)
         quiet = (time.monotonic() - self.last_event_at) * 1000 >= QUIET_MS
         return turns > 0 and self.result.audio_items_done >= turns and quiet
 
@@ -179,11 +182,12 @@ async def call_gateway(
     pace: float = 1.0,
     settle_timeout_s: float = 20.0,
     ready_timeout_s: float = 10.0,
+    expected_turns: int | None = None,
 ) -> CallResult:
     """Call a voice-agent WebSocket endpoint (client protocol) and collect the replies."""
     async with connect(url, max_size=2**20, compression=None) as socket:
         ready = asyncio.Event()
-        timeline = _Timeline(pace)
+        timeline = _Timeline(pace, expected_turns)
 
         async def receive() -> None:
             async for frame in socket:

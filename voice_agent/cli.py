@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from voice_agent import bench, cost, token_command
+from voice_agent.arguments import bounded_int
 from wire import realtime as rt
 
 
@@ -56,6 +57,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         type=int,
         default=100,
         help="concurrent calls $connect admits, as the stack's maxSessions (0 = no limit)",
+    )
+    local.add_argument(
+        "--workers",
+        type=bounded_int(1, 32, "--workers"),
+        default=1,
+        help="worker processes (default 1); calls are spread over them and handed over "
+        "when one stops (send one SIGTERM to see it)",
+    )
+    local.add_argument(
+        "--slots",
+        type=bounded_int(1, 64, "--slots"),
+        default=None,
+        help="worker slots, one queue each, as the stack's workerSlots (default: --workers)",
+    )
+    local.add_argument(
+        "--no-respawn",
+        action="store_true",
+        help="do not start a worker again when one exits (ECS would)",
+    )
+    local.add_argument(
+        "--queue-chaos",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="for tests: repeat and reorder frames on their way to the queue",
     )
     local.add_argument(
         "--log-level",
@@ -114,6 +140,10 @@ def _run_local(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         max_sessions=args.max_sessions,
         default_route=args.default_route,
+        workers=args.workers,
+        slots=args.slots,
+        respawn_workers=not args.no_respawn,
+        queue_chaos_seed=args.queue_chaos,
     )
 
     async def serve() -> None:

@@ -5,7 +5,9 @@ What runs where, and what stands in for AWS:
   from ``infra.specs``, the same definitions the Pulumi program deploys;
 - the API Gateway WebSocket emulator, calling the real ``handlers.*.handler`` functions
   with events shaped as API Gateway sends them, and serving ``@connections`` and the page;
-- the real worker (``python -m worker``) in its own process, as on ECS;
+- the real workers (``python -m worker``), each in its own process as on ECS, sharing
+  ``slots`` worker slots (one queue each, leased in the table; see wire/slots.py); a
+  worker that exits is started again, as the ECS service would;
 - the OpenAI Realtime emulator, unless ``OPENAI_API_KEY`` is set (then real OpenAI).
 
 Only endpoints differ from production, through the same environment variables.
@@ -23,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ import boto3
 
 from infra.specs import create_local_resources
 from wire import realtime as rt
+from wire import slots
 from wire import token as tokens
 
 log = logging.getLogger("voice-agent.local")
@@ -48,6 +52,13 @@ class LocalStackOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
+    # Worker slots (queues); None: one per worker.
+    slots: int | None = None
+    # Start a worker again when one exits (ECS does); tests of a handover may turn it off.
+    respawn_workers: bool = True
+    # Repeat and reorder frames between the handlers and the queue (emulators/queue_chaos.py),
+    # seeded; None: no faults.
+    queue_chaos_seed: int | None = None
     model: str = "gpt-realtime-mini"
     voice: str = rt.DEFAULT_VOICE
     openai_api_key: str = ""
@@ -148,6 +159,11 @@ class LocalStack:
         self._realtime: Any = None
         self._gateway: Any = None
         self._workers: list[subprocess.Popen[bytes]] = []
+        self._spawned = 0
+        self._supervisor: asyncio.Task[None] | None = None
+        self.health_files: list[Path] = []
+        self.queue_urls: tuple[str, ...] = ()
+        self.chaos: Any = None
         self.urls: LocalStackUrls | None = None
         self.state: LocalState | None = None
 
@@ -155,11 +171,17 @@ class LocalStack:
         opts = self.options
         moto_url = self._start_moto()
         self._point_aws_at(moto_url)
+        slot_count = opts.slots or opts.workers
         resources = create_local_resources(
-            boto3.client("dynamodb", region_name=REGION), boto3.client("sqs", region_name=REGION)
+            boto3.client("dynamodb", region_name=REGION),
+            boto3.client("sqs", region_name=REGION),
+            slots=slot_count,
         )
+        self.queue_urls = tuple(resources.queue_urls)
         os.environ["SESSIONS_TABLE"] = resources.table_name
-        os.environ["AUDIO_QUEUE_URL"] = resources.queue_url
+        os.environ[slots.ENV_QUEUE_URLS] = ",".join(self.queue_urls)
+        os.environ["WORKER_SLOTS"] = str(len(self.queue_urls))
+        os.environ.pop(slots.ENV_QUEUE_URL, None)
         os.environ["MAX_SESSIONS"] = str(opts.max_sessions)
         os.environ.setdefault("LOG_LEVEL", opts.log_level)
         signing_secret = self._create_auth_secret()
@@ -186,9 +208,51 @@ class LocalStack:
         )
         for index in range(opts.workers):
             self._workers.append(self._spawn_worker(index))
+        self._write_runtime_info()
+        self._supervisor = asyncio.get_running_loop().create_task(self._supervise())
         return self.urls
 
+    def _write_runtime_info(self) -> None:
+        """What tests and operators may inspect: endpoints and the worker processes (kept
+        up to date as workers are started again), beside the state file."""
+        if self.urls is None:
+            return
+        info = {
+            "moto": self.urls.moto,
+            "table": os.environ.get("SESSIONS_TABLE", ""),
+            "queue_urls": list(self.queue_urls),
+            "model_sessions_open": (
+                self._realtime.open_sessions if self._realtime is not None else None
+            ),
+            "queue_chaos": (
+                {"repeated": self.chaos.repeated, "reordered": self.chaos.reordered}
+                if self.chaos is not None
+                else None
+            ),
+            "workers": [
+                {"pid": worker.pid, "health_file": str(health)}
+                for worker, health in zip(self._workers, self.health_files, strict=False)
+            ],
+        }
+        path = state_file().with_name("runtime.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info))
+
+    async def _supervise(self) -> None:
+        """Start a worker again when one exits, like the ECS service scheduler (unless
+        told not to), and keep runtime.json's counters current."""
+        while True:
+            await asyncio.sleep(0.5)
+            self._write_runtime_info()
+            for index, worker in enumerate(self._workers):
+                if worker.poll() is not None and self.options.respawn_workers:
+                    log.warning("worker %d exited (%s); starting another", index, worker.returncode)
+                    self._workers[index] = self._spawn_worker(index)
+                    self._write_runtime_info()
+
     async def stop(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.cancel()
         for worker in self._workers:
             if worker.poll() is None:
                 worker.send_signal(signal.SIGTERM)
@@ -203,7 +267,11 @@ class LocalStack:
         if self._realtime is not None:
             await self._realtime.stop()
         if self._moto is not None:
-            self._moto.stop()
+            self._moto.terminate()
+            try:
+                await asyncio.to_thread(self._moto.wait, 10)
+            except subprocess.TimeoutExpired:
+                self._moto.kill()
         if self.state is not None:
             self.state.forget()
 
@@ -214,14 +282,27 @@ class LocalStack:
     # --- parts ----------------------------------------------------------------------------
 
     def _start_moto(self) -> str:
-        from moto.server import ThreadedMotoServer
-
-        # moto's server logs every request through werkzeug; keep the console readable.
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        port = free_port(self.options.host)
-        self._moto = ThreadedMotoServer(ip_address=self.options.host, port=port, verbose=False)
-        self._moto.start()
-        return f"http://{self.options.host}:{port}"
+        """moto in a process of its own: in this one it would share the interpreter lock
+        with the gateway and the handlers, and the three together saturate one core at
+        a few concurrent calls."""
+        host = self.options.host
+        port = free_port(host)
+        self._moto = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,  # werkzeug logs every request there
+            preexec_fn=_die_with_parent,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    break
+            except OSError:
+                if self._moto.poll() is not None or time.monotonic() > deadline:
+                    raise OSError(f"moto did not start on {host}:{port}") from None
+                time.sleep(0.1)
+        return f"http://{host}:{port}"
 
     @staticmethod
     def _point_aws_at(moto_url: str) -> None:
@@ -263,6 +344,13 @@ class LocalStack:
         from emulators.api_gateway import ApiGatewayEmulator
 
         # Imported only now: like Lambda, the handlers read their environment at import.
+        runtime = importlib.import_module("handlers.runtime")
+        if self.options.queue_chaos_seed is not None:
+            from emulators.queue_chaos import ChaoticSqs
+
+            # Before the handlers import it: they bind the client by name.
+            self.chaos = ChaoticSqs(runtime.sqs, seed=self.options.queue_chaos_seed)  # type: ignore[attr-defined]
+            runtime.sqs = self.chaos  # type: ignore[attr-defined]
         routes = {
             "$connect": importlib.import_module("handlers.connect").handler,
             "$default": importlib.import_module("handlers.default").handler,
@@ -272,7 +360,7 @@ class LocalStack:
             from emulators.sqs_integration import sqs_integration_target
 
             routes["$default"] = sqs_integration_target(
-                boto3.client("sqs", region_name=REGION), os.environ["AUDIO_QUEUE_URL"]
+                self.chaos or boto3.client("sqs", region_name=REGION)
             )
         return ApiGatewayEmulator(
             routes=routes,
@@ -285,18 +373,32 @@ class LocalStack:
     def _spawn_worker(self, index: int) -> subprocess.Popen[bytes]:
         assert self.urls is not None
         opts = self.options
+        self._spawned += 1
+        health_file = Path(os.environ.get("TMPDIR", "/tmp")) / (
+            f"voice-agent-worker-{os.getpid()}-{index}"
+        )
+        if index < len(self.health_files):
+            self.health_files[index] = health_file
+        else:
+            self.health_files.append(health_file)
         env = dict(os.environ)
         env.update(
             {
+                # Unique per process, as on ECS: a restarted worker is a new lease holder.
+                "WORKER_ID": f"local-{index}-{self._spawned}",
+                # Slots change hands within a second here (the cloud default is 5 s ticks,
+                # 20 s leases: fewer table writes); long polls end often so a worker that
+                # gives a slot up lets go of its queue quickly.
+                "SLOT_TICK_SECONDS": "0.5",
+                "SLOT_LEASE_SECONDS": "3",
+                "SQS_WAIT_SECONDS": "2",
+                "DRAIN_WAIT_SECONDS": "10",
                 "CONNECTIONS_ENDPOINT_URL": self.urls.connections,
                 "REALTIME_BASE_URL": self.urls.realtime,
                 "REALTIME_MODEL": opts.model,
                 "REALTIME_VOICE": opts.voice,
                 "OPENAI_API_KEY": opts.openai_api_key,
-                "HEALTH_FILE": str(
-                    Path(os.environ.get("TMPDIR", "/tmp"))
-                    / f"voice-agent-worker-{os.getpid()}-{index}"
-                ),
+                "HEALTH_FILE": str(health_file),
                 # One poller: moto's long poll spins on a FIFO group another poller holds
                 # in flight (it snapshots the in-flight groups when the poll starts), which
                 # starves the server. Real SQS has no such problem; the worker's default is 4.
@@ -307,4 +409,21 @@ class LocalStack:
         if opts.chunk_bytes:
             env["AUDIO_CHUNK_BYTES"] = str(opts.chunk_bytes)
         env.update(opts.worker_env)
-        return subprocess.Popen([sys.executable, "-m", "worker"], env=env, cwd=str(REPO_ROOT))
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker"],
+            env=env,
+            cwd=str(REPO_ROOT),
+            preexec_fn=_die_with_parent,
+        )
+
+
+def _die_with_parent() -> None:
+    """In a child, before exec: end with the stack, even if the stack is killed outright
+    (Linux's parent-death signal; elsewhere the stack's own stop() is all there is)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
