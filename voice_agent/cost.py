@@ -31,8 +31,8 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from wire import client as proto
 from voice_agent.arguments import bounded_int, positive_number
+from wire import client as proto
 from wire import realtime as rt
 from wire.audio import BYTES_PER_SECOND, ms_to_bytes
 from wire.queue import EnvelopeKind, QueueEnvelope
