@@ -40,6 +40,11 @@ quoted in public code):
 - ``speech_started.audio_start_ms`` includes ``prefix_padding_ms`` and
   ``speech_stopped.audio_end_ms`` includes the silence that ended the turn (as the GA
   reference documents both). The exact spans are in ``SessionRecord.turns``.
+- a session at its maximum duration (60 minutes) gets an ``error``
+  (``invalid_request_error``, ``session_expired``, "Your session hit the maximum duration
+  of 60 minutes.") and is closed with 1001 and that message as the reason: our best
+  understanding from error bodies and close frames quoted in public issues, not a
+  documented contract. ``max_session_seconds`` sets the limit (default: none).
 
 Assumed, not confirmed: the messages for unknown item ids, bad base64 and
 ``conversation_already_has_active_response``; delta sizes (50-100 ms) and speed
@@ -56,6 +61,7 @@ import asyncio
 import base64
 import binascii
 import copy
+import math
 import random
 import signal
 import string
@@ -362,6 +368,7 @@ class SessionRecord:
     session: Event = field(default_factory=dict)
     closed: bool = False
     close_code: int | None = None
+    expired: bool = False  # ended by ``max_session_seconds``
 
     def header(self, name: str) -> str | None:
         """The first value of a handshake header (case-insensitive), or None."""
@@ -744,6 +751,7 @@ class RealtimeServerSession:
         rng: random.Random | None = None,
         now: float = 0.0,
         keep_audio_in_records: bool = True,
+        lifetime_s: float = _SESSION_LIFETIME_S,
     ) -> None:
         self.record = record
         self._pacing = pacing
@@ -751,8 +759,9 @@ class RealtimeServerSession:
         self._keep_audio = keep_audio_in_records
         self._outbox: list[Event] = []
         self._session = default_session(
-            self._new_id("sess"), record.model or "", int(now) + _SESSION_LIFETIME_S
+            self._new_id("sess"), record.model or "", math.ceil(now + lifetime_s)
         )
+        self._lifetime_s = lifetime_s
         self._conversation_id = self._new_id("conv")
         self._detector = TurnDetector(threshold_rms=threshold_rms)
         self._items: dict[str, ConversationEntry] = {}
@@ -825,6 +834,16 @@ class RealtimeServerSession:
             ),
             client_event_id=None,
         )
+
+    def expire(self) -> str:
+        """The session hit its maximum duration: the error the API sends then. Returns the
+        message, which the API also gives as the reason of its 1001 close."""
+        seconds = self._lifetime_s
+        duration = f"{int(seconds // 60)} minutes" if seconds % 60 == 0 else f"{seconds:g} seconds"
+        message = f"Your session hit the maximum duration of {duration}."
+        self._send_error(ClientEventError("session_expired", message), client_event_id=None)
+        self.record.expired = True
+        return message
 
     def events_to_send(self) -> list[Event]:
         """Take the server events produced so far, in order."""
@@ -1424,11 +1443,16 @@ class _SessionConnection:
     """One client socket driving one ``RealtimeServerSession``."""
 
     def __init__(
-        self, websocket: ServerConnection, core: RealtimeServerSession, pacing: Pacing
+        self,
+        websocket: ServerConnection,
+        core: RealtimeServerSession,
+        pacing: Pacing,
+        max_session_seconds: float | None = None,
     ) -> None:
         self.websocket = websocket
         self.core = core
         self._pacing = pacing
+        self._max_session_seconds = max_session_seconds
         # One sender at a time, so events leave in the order the core produced them.
         self._send_lock = asyncio.Lock()
         self._streamers: set[asyncio.Task[None]] = set()
@@ -1438,12 +1462,15 @@ class _SessionConnection:
 
     async def run(self, refusal: tuple[str, str] | None) -> None:
         record = self.core.record
+        expiry: asyncio.Task[None] | None = None
         try:
             if refusal is not None:
                 await self._refuse(*refusal)
                 return
             self.core.open()
             await self._flush()
+            if self._max_session_seconds is not None:
+                expiry = asyncio.create_task(self._expire_after(self._max_session_seconds))
             async for message in self.websocket:
                 if isinstance(message, str):
                     self.core.receive_text(message)
@@ -1457,10 +1484,23 @@ class _SessionConnection:
         except ConnectionClosed:
             pass
         finally:
+            if expiry is not None:
+                expiry.cancel()
             for streamer in self._streamers:
                 streamer.cancel()
             record.closed = True
             record.close_code = self.websocket.close_code
+
+    async def _expire_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        for streamer in self._streamers:
+            streamer.cancel()  # nothing more of a reply follows the error
+        message = self.core.expire()
+        try:
+            await self._flush()
+            await self.websocket.close(1001, message)
+        except ConnectionClosed:
+            pass
 
     async def _refuse(self, code: str, message: str) -> None:
         # As the API does for a bad handshake: a 101, one error, then close 4000.
@@ -1524,8 +1564,9 @@ class RealtimeEmulator:
 
     Any bearer token (or none) is accepted; handshake headers are recorded in
     ``sessions[i].headers``. Fault injection: ``drop`` a session's socket (now, or after
-    some more audio deltas, i.e. mid-response), and ``refuse_connections`` to answer new
-    handshakes with ``refusal_status``.
+    some more audio deltas, i.e. mid-response), ``refuse_connections`` to answer new
+    handshakes with ``refusal_status``, and ``max_session_seconds`` to end every session
+    that long after it opened, as OpenAI does at 60 minutes.
     """
 
     def __init__(
@@ -1537,8 +1578,12 @@ class RealtimeEmulator:
         reject_beta_header: bool = False,
         compression: str | None = "deflate",
         seed: int = 0,
+        max_session_seconds: float | None = None,
     ) -> None:
+        if max_session_seconds is not None and max_session_seconds <= 0:
+            raise ValueError("max_session_seconds must be positive (or None for no limit)")
         self.pacing = pacing
+        self.max_session_seconds = max_session_seconds
         self.threshold_rms = threshold_rms
         self.keep_audio_in_records = keep_audio_in_records
         # The real API closes 4000 on ``OpenAI-Beta: realtime=v1``; off by default so a
@@ -1559,6 +1604,11 @@ class RealtimeEmulator:
         if self._url is None:
             raise RuntimeError("the emulator is not started")
         return self._url
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions whose socket is open now (a leak check: none after the calls end)."""
+        return len(self._connections)
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Listen (``port=0``: any free port) and return the base URL."""
@@ -1641,8 +1691,9 @@ class RealtimeEmulator:
             rng=random.Random(f"{self._seed}:{record.index}"),
             now=time.time(),
             keep_audio_in_records=self.keep_audio_in_records,
+            lifetime_s=self.max_session_seconds or _SESSION_LIFETIME_S,
         )
-        connection = _SessionConnection(websocket, core, self.pacing)
+        connection = _SessionConnection(websocket, core, self.pacing, self.max_session_seconds)
         self._connections[record.index] = connection
         try:
             await connection.run(self._handshake_refusal(record))

@@ -15,7 +15,15 @@ from pydantic import TypeAdapter
 from wire import client as proto
 from wire import realtime as rt
 from wire.audio import ms_to_bytes
-from worker.core import BridgeSession, BridgeSettings, EndSession, SendToClient, SendToModel
+from wire.handover import CallHandover
+from worker.core import (
+    BridgeSession,
+    BridgeSettings,
+    EndSession,
+    ReplaceModelSession,
+    SendToClient,
+    SendToModel,
+)
 
 CLIENT_EVENT = TypeAdapter(RealtimeClientEvent)
 CONFIG = rt.SessionConfig(model="gpt-realtime-mini", voice="marin", instructions="be brief")
@@ -375,7 +383,7 @@ def test_ending_tells_a_caller_who_is_still_there() -> None:
     session = new_session()
     commands = session.end("worker_shutdown", 5)
     assert client_events(commands) == [{"type": "session_ended", "reason": "worker_shutdown"}]
-    assert commands[-1].caller_present
+    assert isinstance(commands[-1], EndSession) and commands[-1].caller_present
 
 
 def test_settings_refuse_nonsense_limits() -> None:
@@ -438,8 +446,287 @@ def test_a_new_model_session_is_given_the_conversation_so_far() -> None:
     for event in events:
         CLIENT_EVENT.validate_python(event)
     assert events[0]["type"] == "session.update"
-    restored = [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in events[1:]]
+    restored = [(e["item"]["role"], e["item"]["content"][0]["text"]) for e in events[1:-1]]
     assert restored == [("assistant", "for how many?"), ("user", "two"), ("user", "at eight")]
+    assert events[-1] == rt.response_create()  # the reply that was lost is asked for again
     # The old session's reply will never finish: its late audio is dropped, nothing waits.
     assert client_events(session.receive_model_event(delta("a2", pcm_of(960)), 30)) == []
     assert not session.response_active
+
+
+# --- model session continuity: replay, handover, proactive replacement -----------------
+
+QUIET = {"keepalive_interval_ms": 10**9, "max_call_ms": 10**9}
+
+
+def send_audio(session: BridgeSession, pcm: bytes, now: int, first_seq: int = 0) -> int:
+    """Send ``pcm`` as 100 ms sequenced frames; the next seq."""
+    seq = first_seq
+    for start in range(0, len(pcm), ms_to_bytes(100)):
+        frame = proto.audio_action(pcm[start : start + ms_to_bytes(100)], seq=seq)
+        session.receive_client_frame(frame, now)
+        seq += 1
+    return seq
+
+
+def appended(events: list[dict]) -> bytes:
+    return b"".join(
+        base64.b64decode(e["audio"]) for e in events if e["type"] == "input_audio_buffer.append"
+    )
+
+
+def speech_stopped(audio_end_ms: int) -> dict:
+    return {"type": rt.SPEECH_STOPPED, "event_id": "e", "audio_end_ms": audio_end_ms}
+
+
+def test_a_new_model_session_hears_exactly_the_audio_after_the_last_turn_end() -> None:
+    session = new_session(**QUIET)
+    pcm = pcm_of(ms_to_bytes(1500))
+    send_audio(session, pcm, 0)
+    session.receive_model_event(speech_started(), 10)
+    session.receive_model_event(speech_stopped(600), 20)
+    session.receive_model_event({"type": rt.RESPONSE_CREATED, "response": {}}, 21)
+    session.receive_model_event({"type": rt.RESPONSE_DONE, "response": {}}, 22)
+    events = model_events(session.model_reconnected(30))
+    for event in events:
+        CLIENT_EVENT.validate_python(event)
+    assert appended(events) == pcm[ms_to_bytes(600) :]
+    assert all(
+        len(base64.b64decode(e["audio"])) <= proto.MAX_UPLINK_PCM_BYTES
+        for e in events
+        if e["type"] == "input_audio_buffer.append"
+    )
+    assert "response.create" not in [e["type"] for e in events]  # nothing was owed
+
+
+def test_the_replayed_audio_is_the_new_sessions_stream_from_zero() -> None:
+    session = new_session(**QUIET)
+    pcm = pcm_of(ms_to_bytes(2000))
+    seq = send_audio(session, pcm[: ms_to_bytes(1000)], 0)
+    session.receive_model_event(speech_stopped(400), 10)
+    answered(session, 11)
+    session.model_reconnected(20)  # the new session's stream: call audio from 400 ms on
+    send_audio(session, pcm[ms_to_bytes(1000) :], 30, first_seq=seq)
+    # 1,000 ms into the new session's stream is 1,400 ms into the call's uplink: the
+    # caller is told the call's position, and the replay keeps what follows.
+    (stopped,) = client_events(session.receive_model_event(speech_stopped(1000), 40))
+    assert stopped["audio_end_ms"] == 1400
+    answered(session, 41)
+    assert appended(model_events(session.model_reconnected(50))) == pcm[ms_to_bytes(1400) :]
+
+
+def answered(session: BridgeSession, now: int) -> None:
+    session.receive_model_event({"type": rt.RESPONSE_CREATED, "response": {}}, now)
+    session.receive_model_event({"type": rt.RESPONSE_DONE, "response": {}}, now)
+
+
+def test_a_turn_lost_before_its_reply_is_secured_is_heard_again_whole() -> None:
+    # Between the end of a turn and its reply (or its transcript) the model session is
+    # the only holder of that turn: it stays in the replay, and the new session's VAD
+    # answers it (no response.create, which would answer the previous turn).
+    session = new_session(**QUIET)
+    pcm = pcm_of(ms_to_bytes(1500))
+    send_audio(session, pcm, 0)
+    session.receive_model_event(speech_started(), 5)
+    session.receive_model_event(speech_stopped(1200), 10)
+    play_item(session, "a1", 300, now=12)  # the reply has started; no transcript yet
+    events = model_events(session.model_reconnected(20))
+    assert appended(events) == pcm
+    assert "response.create" not in [e["type"] for e in events]
+    # Once the user's words are history, the turn's audio goes.
+    session.receive_model_event(speech_stopped(1200), 30)
+    session.receive_model_event(
+        {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u", "transcript": "hi"}, 31
+    )
+    assert appended(model_events(session.model_reconnected(40))) == pcm[ms_to_bytes(1200) :]
+
+
+def test_the_replay_keeps_at_most_replay_audio_ms() -> None:
+    session = new_session(replay_audio_ms=1000, **QUIET)
+    pcm = pcm_of(ms_to_bytes(3050))
+    send_audio(session, pcm, 0)
+    replayed = appended(model_events(session.model_reconnected(10)))
+    # The newest second, whole 10 ms frames: an utterance longer than the cap loses its start.
+    assert replayed == pcm[-ms_to_bytes(1000) :]
+    assert new_session(replay_audio_ms=0).model_reconnected(0)[1:] == []
+
+
+def lost_mid_reply(session: BridgeSession) -> None:
+    """A user turn answered, then the model socket lost while the reply streams."""
+    session.receive_model_event(speech_started(), 0)
+    session.receive_model_event(speech_stopped(900), 10)
+    session.receive_model_event(
+        {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u1", "transcript": "what time?"}, 11
+    )
+    play_item(session, "a1", 500, now=12)
+
+
+def test_a_reply_lost_with_the_model_session_is_asked_for_again_before_the_replay() -> None:
+    session = new_session(**QUIET)
+    lost_mid_reply(session)
+    send_audio(session, pcm_of(ms_to_bytes(300)), 20)
+    kinds = [e["type"] for e in model_events(session.model_reconnected(30))]
+    # Before the replay: speech in it, not yet reported, interrupts the reply as a barge-in.
+    assert kinds == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+        "input_audio_buffer.append",
+    ]
+    assert not session.at_turn_boundary  # until the new reply has come and gone
+
+
+@pytest.mark.parametrize("case", ["user_speaking", "stopped_by_caller", "question_not_heard"])
+def test_no_reply_is_asked_for_when_the_new_session_should_not_give_one(case: str) -> None:
+    session = new_session(**QUIET)
+    if case == "question_not_heard":
+        session.receive_model_event(speech_stopped(900), 10)  # its transcript never came
+        play_item(session, "a1", 500, now=12)
+    else:
+        lost_mid_reply(session)
+    if case == "user_speaking":
+        # The user talks over the reply: the replay holds their speech, and the new
+        # session's VAD answers it.
+        session.receive_model_event(speech_started("u2"), 100)
+    elif case == "stopped_by_caller":
+        session.receive_client_frame(proto.interrupt_action(100, "a1"), 100)  # cancel sent
+    kinds = [e["type"] for e in model_events(session.model_reconnected(300))]
+    assert "response.create" not in kinds
+
+
+def test_a_typed_message_not_yet_answered_is_answered_by_the_new_session() -> None:
+    session = new_session(**QUIET)
+    session.receive_client_frame(proto.text_action("hello?"), 0)
+    events = model_events(session.model_reconnected(10))
+    assert [e["type"] for e in events][-2:] == ["conversation.item.create", "response.create"]
+
+
+def test_turn_boundary_follows_the_reply() -> None:
+    session = new_session(chunk_bytes=4800, **QUIET)
+    assert session.at_turn_boundary
+    session.receive_model_event(speech_stopped(900), 10)
+    assert not session.at_turn_boundary  # server VAD's reply is on its way
+    play_item(session, "a1", 50, now=11)
+    assert not session.at_turn_boundary
+    session.receive_model_event(delta("a1", pcm_of(1000)), 12)  # held for coalescing
+    session.receive_model_event({"type": rt.RESPONSE_DONE, "response": {}}, 13)
+    assert session.at_turn_boundary  # the rest went out with response.done
+    session.receive_model_event(speech_started("u2"), 20)  # barge-in: a truncation waits
+    assert not session.at_turn_boundary
+    session.receive_client_frame(proto.interrupt_action(20, "a1"), 25)
+    assert session.at_turn_boundary
+
+
+def test_hand_over_and_resume_continue_the_call_in_another_worker() -> None:
+    settings = {"max_call_ms": 60_000, "keepalive_interval_ms": 10**9, "chunk_bytes": 4800}
+    first = new_session(**settings)
+    first.receive_model_event({"type": rt.SESSION_UPDATED, "session": {}}, 0)  # ready sent
+    frames = [pcm_of(ms_to_bytes(100), seq) for seq in range(8)]
+    for seq in (0, 1, 2, 3, 4, 6):  # 5 is late: 6 waits for it
+        first.receive_client_frame(proto.audio_action(frames[seq], seq=seq), 1000)
+    first.receive_model_event(speech_stopped(200), 1100)
+    first.receive_model_event(
+        {"type": rt.INPUT_TRANSCRIPT_COMPLETED, "item_id": "u1", "transcript": "hi"}, 1101
+    )
+    play_item(first, "a1", 50, now=1102)
+    first.receive_model_event(delta("a1", pcm_of(1000)), 1103)  # held: goes out now
+    first.receive_model_event({"type": rt.INPUT_TRANSCRIPT_DELTA, "delta": "x"}, 1104)
+    handover, commands = first.hand_over(40_000, saved_at_ms=1_700_000_000_000)
+    assert not any(isinstance(c, EndSession) for c in commands)
+    sent = client_events(commands)
+    assert [e["type"] for e in sent] == ["audio", "transcript"]
+    assert "session_ended" not in [e["type"] for e in sent]
+    assert first.ended and first.tick(10**9) == [] and first.end("x") == []
+
+    row = {"connection_id": {"S": "conn-1"}, **handover.to_attributes()}
+    restored = CallHandover.from_attributes(row)
+    assert restored == handover and restored is not None
+    assert restored.response_interrupted  # a reply was streaming: asked for again
+
+    assert restored is not None
+    second = BridgeSession.resume(
+        "conn-1", CONFIG, BridgeSettings(**settings), restored, now_ms=5_000_000
+    )
+    opened = model_events(second.open())
+    assert [e["type"] for e in opened] == [
+        "session.update",
+        "conversation.item.create",
+        "response.create",
+        "input_audio_buffer.append",
+    ]
+    # The replay: frames 0..4 after the end of the turn at 200 ms (frame 6 is still held).
+    assert appended(opened) == b"".join(frames[:5])[ms_to_bytes(200) :]
+    # The uplink sequence goes on: 5 fills the gap and releases 6; a repeat is dropped.
+    late = second.receive_client_frame(proto.audio_action(frames[5], seq=5), 5_000_010)
+    assert appended(model_events(late)) == frames[5] + frames[6]
+    repeat = second.receive_client_frame(proto.audio_action(frames[3], seq=3), 5_000_020)
+    assert repeat == [] and second.uplink.duplicates == 1
+    # No second ready for a caller that had one.
+    updated = {"type": rt.SESSION_UPDATED, "session": {}}
+    assert client_events(second.receive_model_event(updated, 5_000_030)) == []
+    # The duration limit counts the whole call: 40 s were spent in the first worker.
+    assert second.next_deadline_ms() == 5_020_000
+    ending = second.tick(5_020_000)
+    assert ending[-1] == EndSession("max_duration")
+
+
+def test_a_call_handed_over_before_ready_gets_ready_from_the_next_worker() -> None:
+    handover, _ = new_session().hand_over(10)
+    assert not handover.client_ready and not handover.response_interrupted
+    resumed = BridgeSession.resume("conn-1", CONFIG, None, handover, now_ms=0)
+    resumed.open()
+    updated = {"type": rt.SESSION_UPDATED, "session": {}}
+    assert [e["type"] for e in client_events(resumed.receive_model_event(updated, 1))] == ["ready"]
+
+
+REPLACE = {"model_session_max_ms": 10_000, "model_session_hard_max_ms": 20_000, **QUIET}
+
+
+def test_an_old_model_session_is_replaced_at_a_turn_boundary() -> None:
+    session = new_session(**REPLACE)
+    assert session.next_deadline_ms() == 10_000
+    assert session.tick(10_000) == [ReplaceModelSession()]
+    assert session.next_deadline_ms() == 10**9  # nothing more until it is done
+    assert session.tick(25_000) == []  # asked once
+    session.model_reconnected(10_400)  # the link opened the new one
+    assert session.next_deadline_ms() == 20_400
+
+
+def test_replacement_waits_for_the_user_to_finish_and_the_reply_to_be_heard() -> None:
+    session = new_session(chunk_bytes=24_000, **REPLACE)
+    session.receive_model_event(speech_started(), 9_000)
+    assert session.tick(10_000) == []  # the user is speaking
+    assert session.next_deadline_ms() == 20_000  # only the hard limit needs a tick now
+    session.receive_model_event(speech_stopped(3000), 11_000)
+    play_item(session, "a1", 1000, now=11_100)
+    done = session.receive_model_event({"type": rt.RESPONSE_DONE, "response": {}}, 11_200)
+    assert ReplaceModelSession() not in done  # the caller is still hearing the reply
+    assert session.next_deadline_ms() == 12_100  # when they will have heard it out
+    assert session.tick(12_100) == [ReplaceModelSession()]
+
+
+def test_at_the_hard_limit_the_session_is_replaced_mid_turn() -> None:
+    session = new_session(**REPLACE)
+    session.receive_model_event(speech_started(), 9_000)
+    session.tick(10_000)
+    assert session.tick(20_000) == [ReplaceModelSession()]
+    # The user's audio of the turn in progress is in the replay.
+    pcm = pcm_of(ms_to_bytes(500))
+    send_audio(session, pcm, 20_001)
+    assert appended(model_events(session.model_reconnected(20_300))) == pcm
+
+
+def test_a_session_expired_error_is_not_passed_to_the_caller() -> None:
+    session = new_session()
+    expired = {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "code": "session_expired", "message": "m"},
+    }
+    assert session.receive_model_event(expired, 0) == []
+
+
+def test_settings_refuse_a_soft_limit_above_the_hard_one() -> None:
+    with pytest.raises(ValueError, match="MODEL_SESSION_MAX_SECONDS"):
+        BridgeSettings(model_session_max_ms=60 * 60_000)
+    with pytest.raises(ValueError, match="replay_audio_ms"):
+        BridgeSettings(replay_audio_ms=-1)

@@ -14,6 +14,7 @@ import signal
 import struct
 import subprocess
 import sys
+import time
 from array import array
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -844,6 +845,40 @@ def test_drop_mid_response_after_some_audio_deltas() -> None:
         assert rt.RESPONSE_DONE not in types_of(received)
 
     run(test, pacing=Pacing(speed=20))
+
+
+def test_a_session_at_its_maximum_duration_gets_session_expired_then_close_1001() -> None:
+    async def test(server: RealtimeEmulator) -> None:
+        started = asyncio.get_running_loop().time()
+        async with session_client(server) as client:
+            created = client.received[0]
+            assert created["session"]["expires_at"] - time.time() <= 1.5
+            events = await client.until(rt.ERROR)
+            with pytest.raises(ConnectionClosed):
+                await client.next()
+            elapsed = asyncio.get_running_loop().time() - started
+            assert client.socket.close_code == 1001
+            reason = client.socket.close_reason
+        error = events[-1]["error"]
+        assert error["type"] == "invalid_request_error"
+        assert error["code"] == "session_expired"
+        assert error["message"] == "Your session hit the maximum duration of 0.5 seconds."
+        assert reason == error["message"]
+        assert 0.5 <= elapsed < 2.0
+        await asyncio.sleep(0.05)
+        (session,) = server.sessions
+        assert session.expired and session.closed and session.close_code == 1001
+
+    run(test, max_session_seconds=0.5)
+
+
+def test_the_session_expired_message_names_minutes_as_the_api_does() -> None:
+    record = SessionRecord(index=0, model=MODEL, path="/", headers=[])
+    core = RealtimeServerSession(record, lifetime_s=3600)
+    assert core.expire() == "Your session hit the maximum duration of 60 minutes."
+    (error,) = core.events_to_send()
+    SERVER_EVENT.validate_python(error)
+    assert error["error"]["code"] == "session_expired" and record.expired
 
 
 def test_refusing_connections_answers_the_handshake_with_an_http_error() -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from openai.types.realtime import RealtimeClientEvent
 from pydantic import TypeAdapter
 
-from emulators.realtime import Pacing, RealtimeEmulator, expected_replies
+from emulators.realtime import TEXT_REPLY_PCM, Pacing, RealtimeEmulator, expected_replies
 from tests.test_local_stack import silence, tone
 from wire import client as proto
 from wire import realtime as rt
@@ -51,11 +52,13 @@ def envelope(kind: EnvelopeKind, body: str = "{}", n: int = 0) -> QueueEnvelope:
     return QueueEnvelope(kind, "conn-1", f"req-{kind.value}-{n}", int(time.time() * 1000), body)
 
 
-def with_emulator(body: Callable[[RealtimeEmulator], Awaitable[None]]) -> None:
+def with_emulator(
+    body: Callable[[RealtimeEmulator], Awaitable[None]], **emulator_options: Any
+) -> None:
     """Run ``body`` in a fresh event loop with a Realtime emulator serving."""
 
     async def main() -> None:
-        emulator = RealtimeEmulator(pacing=Pacing(speed=8.0))
+        emulator = RealtimeEmulator(pacing=Pacing(speed=8.0), **emulator_options)
         await emulator.start()
         try:
             await asyncio.wait_for(body(emulator), timeout=60)
@@ -65,7 +68,11 @@ def with_emulator(body: Callable[[RealtimeEmulator], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-def make_bridge(emulator: RealtimeEmulator, connections: RecordingConnections) -> Bridge:
+def make_bridge(
+    emulator: RealtimeEmulator,
+    connections: RecordingConnections,
+    bridge_settings: BridgeSettings | None = None,
+) -> Bridge:
     settings = WorkerSettings(
         sessions_table="t",
         audio_queue_url="q",
@@ -73,7 +80,7 @@ def make_bridge(emulator: RealtimeEmulator, connections: RecordingConnections) -
         realtime_base_url=emulator.url,
         openai_api_key="sk-test",
         session=rt.SessionConfig(),
-        bridge=BridgeSettings(),
+        bridge=bridge_settings or BridgeSettings(),
         model_reconnect_backoff_s=(0.05, 0.05, 0.05),
     )
     return Bridge(settings, connections)  # type: ignore[arg-type]
@@ -141,15 +148,14 @@ async def _a_dropped_model_socket_is_replaced_and_the_conversation_restored(
     await emulator.drop(0, after_audio_deltas=1)  # mid-response
     await emulator.wait_for_sessions(2)
     recovered_in = time.monotonic() - dropped_at
+    # The reply cut short is asked for again: the new session answers the user's turn,
+    # which it knows as text (the emulator answers text with its tone).
+    await until(lambda: connections.types("conn-1").count("audio_done") == 1)
+    assert connections.audio("conn-1").endswith(TEXT_REPLY_PCM)
     second = silence(100) + tone(500, 550) + silence(700)
     before = len(connections.audio("conn-1"))
     await speak(bridge, second, first_seq=seq)
-    await until(
-        lambda: (
-            connections.types("conn-1").count("audio_done") >= 1
-            and len(connections.audio("conn-1")) >= before + len(tone(500, 550))
-        )
-    )
+    await until(lambda: connections.types("conn-1").count("audio_done") == 2)
     assert connections.audio("conn-1")[before:] == b"".join(expected_replies(second))
     replacement = emulator.sessions[1]
     kinds = [e["type"] for e in replacement.client_events if isinstance(e, dict)]
@@ -180,3 +186,70 @@ async def _an_unreachable_model_ends_the_call_with_a_reason(emulator: RealtimeEm
     assert events[-1] == {"type": "session_ended", "reason": "model_unavailable"}
     await until(lambda: connections.disconnected == ["conn-1"])
     assert bridge.calls == {}
+
+
+def test_a_drop_in_the_middle_of_an_utterance_loses_none_of_it() -> None:
+    with_emulator(_a_drop_in_the_middle_of_an_utterance_loses_none_of_it)
+
+
+async def _a_drop_in_the_middle_of_an_utterance_loses_none_of_it(
+    emulator: RealtimeEmulator,
+) -> None:
+    connections = RecordingConnections()
+    bridge = make_bridge(emulator, connections)
+    bridge.handle(envelope(EnvelopeKind.OPEN))
+    await until(lambda: "ready" in connections.types("conn-1"))
+    turn = silence(100) + tone(1500, 440) + silence(700)
+    middle = ms_to_bytes(900)
+    seq = await speak(bridge, turn[:middle])
+    await until(lambda: "speech_started" in connections.types("conn-1"))
+    await emulator.drop(0)  # the model hears the start of the utterance, then is gone
+    await emulator.wait_for_sessions(2)
+    await speak(bridge, turn[middle:], first_seq=seq)
+    await until(lambda: "audio_done" in connections.types("conn-1"))
+    # The new session was given the utterance's start again: the echo is whole.
+    assert connections.audio("conn-1") == b"".join(expected_replies(turn))
+    assert bridge.calls["conn-1"].link.reconnects == 1
+    assert "error" not in connections.types("conn-1")
+    bridge.handle(envelope(EnvelopeKind.CLOSE))
+
+
+def test_an_old_model_session_is_replaced_between_turns_without_losing_a_turn() -> None:
+    # The emulator ends a session at 3 s as OpenAI does at 60 minutes; the bridge replaces
+    # its sessions after 1.5 s, at a turn boundary.
+    with_emulator(_an_old_model_session_is_replaced_between_turns, max_session_seconds=3.0)
+
+
+async def _an_old_model_session_is_replaced_between_turns(emulator: RealtimeEmulator) -> None:
+    connections = RecordingConnections()
+    settings = BridgeSettings(model_session_max_ms=1_500, model_session_hard_max_ms=2_800)
+    bridge = make_bridge(emulator, connections, settings)
+    bridge.handle(envelope(EnvelopeKind.OPEN))
+    await until(lambda: "ready" in connections.types("conn-1"))
+    link = bridge.calls["conn-1"].link
+    seq = 0
+    started = time.monotonic()
+    turns = 0
+    while time.monotonic() - started < 2.2 or link.replacements == 0:
+        turn = silence(100) + tone(300, 330 + 40 * turns) + silence(700)
+        before = len(connections.audio("conn-1"))
+        seq = await speak(bridge, turn, first_seq=seq)
+        turns += 1
+        await until(lambda n=turns: connections.types("conn-1").count("audio_done") == n)
+        assert connections.audio("conn-1")[before:] == b"".join(expected_replies(turn))
+        await asyncio.sleep(0.25)
+    assert turns >= 3 and link.replacements >= 1 and link.reconnects == 0
+    assert len(emulator.sessions) == link.replacements + 1
+    for session in emulator.sessions:
+        assert not session.expired  # replaced before the server's limit
+        # At a boundary: no reply of a replaced session was cut short.
+        assert all(r.status == "completed" for r in session.responses)
+    for session in emulator.sessions[1:]:
+        kinds = [e["type"] for e in session.client_events if isinstance(e, dict)]
+        assert kinds[0] == "session.update" and "response.create" not in kinds
+        for event in session.client_events:
+            CLIENT_EVENT.validate_python(event)
+    types = connections.types("conn-1")
+    assert "error" not in types and "session_ended" not in types
+    assert types.count("ready") == 1
+    bridge.handle(envelope(EnvelopeKind.CLOSE))

@@ -14,7 +14,12 @@ What it decides:
 - barge-in: on ``speech_started`` the client is told to stop playback, unsent audio is
   dropped, the response is cancelled, and the assistant item is truncated at what the
   client reports it played, never past what was sent;
-- keepalive on an idle downlink.
+- keepalive on an idle downlink;
+- continuity of the model session: the uplink audio sent since the model's last turn
+  boundary is kept (up to ``replay_audio_ms``) and replayed into a new model session, with
+  the conversation as text, whenever one replaces another: after a drop, proactively
+  before OpenAI's 60-minute limit (``ReplaceModelSession``), and in another worker after a
+  handover (``hand_over`` / ``resume``).
 """
 
 from __future__ import annotations
@@ -26,8 +31,9 @@ from typing import Any
 
 from wire import client as proto
 from wire import realtime as rt
-from wire.audio import bytes_to_ms
+from wire.audio import BYTES_PER_MS, bytes_to_ms, ms_to_bytes
 from wire.client import ErrorCode, ProtocolError
+from wire.handover import CallHandover
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +67,20 @@ class EndSession:
 CALLER_LEFT = frozenset({"caller_gone", "caller_disconnected"})
 
 
-Command = SendToClient | SendToModel | EndSession
+@dataclass(frozen=True, slots=True)
+class ReplaceModelSession:
+    """Replace the model socket with a new one now, on purpose (no backoff), then call
+    ``model_reconnected`` for it as after a drop."""
+
+
+Command = SendToClient | SendToModel | EndSession | ReplaceModelSession
+
+# Model errors that announce the end of the model session: the link replaces the session,
+# so the caller is not told of them. OpenAI sends ``session_expired`` at its time limit.
+_SESSION_ENDING_ERROR_CODES = frozenset({"session_expired"})
+# Replay audio is trimmed in whole 10 ms frames, the unit VADs classify audio in, so the
+# replayed stream keeps the frame grid of the stream it came from.
+_REPLAY_FRAME_BYTES = 10 * BYTES_PER_MS
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +113,15 @@ class BridgeSettings:
     # Turns of the conversation kept (as text) to restore into a new model session after
     # the model socket is lost; older turns are forgotten first.
     history_turns: int = 50
+    # Uplink audio kept since the model's last turn boundary, replayed into a new model
+    # session so a turn in progress survives the swap. An utterance longer than this loses
+    # its start on a swap (5 s = 240 KB a call, and it must fit a handover).
+    replay_audio_ms: int = 5_000
+    # A model session this old is replaced at the next turn boundary where the user is not
+    # speaking; at the hard limit it is replaced even mid-turn (the replay keeps the user's
+    # audio; a reply in progress is asked for again). OpenAI ends a session at 60 minutes.
+    model_session_max_ms: int = 55 * 60_000
+    model_session_hard_max_ms: int = 59 * 60_000
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0 or self.chunk_bytes % 2:
@@ -109,6 +137,14 @@ class BridgeSettings:
             raise ValueError(f"MAX_CALL_SECONDS must be positive, got {self.max_call_ms // 1000}")
         if self.client_messages_per_second <= 0 or self.client_message_burst < 1:
             raise ValueError("CLIENT_MESSAGES_PER_SECOND and CLIENT_MESSAGE_BURST must be positive")
+        if self.replay_audio_ms < 0:
+            raise ValueError(f"replay_audio_ms must be >= 0, got {self.replay_audio_ms}")
+        if not 0 < self.model_session_max_ms <= self.model_session_hard_max_ms:
+            hard_s = self.model_session_hard_max_ms // 1000
+            raise ValueError(
+                "MODEL_SESSION_MAX_SECONDS must be positive and at most the hard limit "
+                f"({hard_s} s), got {self.model_session_max_ms // 1000}"
+            )
 
 
 @dataclass(slots=True)
@@ -229,29 +265,122 @@ class BridgeSession:
         # Partial transcript text waiting to go out: (role, item_id) -> text, and since when.
         self._partial_text: dict[tuple[str, str | None], str] = {}
         self._partial_since_ms: int | None = None
+        # The current model session's input stream: bytes appended to it, and the tail not
+        # yet behind a turn boundary (``_replay``, starting at stream byte ``_replay_from``).
+        self._model_stream_bytes = 0
+        self._replay = bytearray()
+        self._replay_from = 0
+        # Where the current model session's stream starts in the call's uplink: the model
+        # counts from its own start, the caller from the call's.
+        self._stream_origin_bytes = 0
+        # Between the model's speech_started and speech_stopped.
+        self._user_speaking = False
+        # Where the model's VAD last ended a turn (stream byte), while that turn's audio is
+        # still kept: until its reply is secured (the user's words are in the history, or
+        # the reply was given), a new session must hear the turn again to answer it.
+        self._unsecured_turn_end: int | None = None
+        self._unsecured_turn_reply_started = False
+        # A response is on its way and has not started: we sent response.create, or the
+        # model's VAD ended a user turn (server VAD creates the reply). Until it starts, a
+        # lost model session would leave the caller unanswered.
+        self._response_expected = False
+        # A response.cancel sent for the active response (barge-in, a typed message).
+        self._response_cancelled = False
+        # Model session age, and the proactive replacement's progress.
+        self._model_started_ms = now_ms
+        self._replace_when_idle = False
+        self._replacement_pending = False
+        # Set by ``resume``: open() restores this state into the first model session.
+        self._resumed_response_owed: bool | None = None
+
+    @classmethod
+    def resume(
+        cls,
+        connection_id: str,
+        session_config: rt.SessionConfig,
+        settings: BridgeSettings | None,
+        handover: CallHandover,
+        *,
+        now_ms: int,
+    ) -> BridgeSession:
+        """Continue a call another worker handed over (see ``hand_over``).
+
+        ``open()`` then gives the new model session the conversation and the replay audio
+        as after a reconnect. The caller is not sent ``ready`` again if it had it: the page
+        and ``voice-agent call`` take ``ready`` as "the call is up", once per call, and for
+        the caller nothing changed.
+        """
+        session = cls(connection_id, session_config, settings, now_ms=now_ms)
+        session.history = list(handover.history)
+        del session.history[: -session.settings.history_turns]
+        session.uplink.next_seq = handover.next_seq
+        session.uplink.held = dict(handover.held)
+        if session.uplink.held:
+            session.uplink.gap_deadline_ms = now_ms + session.settings.uplink_gap_wait_ms
+        session._started_ms = now_ms - handover.call_elapsed_ms
+        session._replay = bytearray(handover.replay_audio)
+        session._model_stream_bytes = len(handover.replay_audio)
+        session.uplink_bytes = max(handover.uplink_bytes, len(handover.replay_audio))
+        session.ready = handover.client_ready
+        session._resumed_response_owed = handover.response_interrupted
+        return session
 
     # --- inputs ---------------------------------------------------------------------------
 
     def open(self) -> list[Command]:
         """Commands that start the model session; the first thing sent on the socket."""
+        if self._resumed_response_owed is not None:
+            owed, self._resumed_response_owed = self._resumed_response_owed, None
+            return self._restore_into_new_model_session(self._model_started_ms, owed)
         return [SendToModel(rt.session_update(self.session_config))]
 
     def model_reconnected(self, now_ms: int) -> list[Command]:
-        """A new model session replaces a lost one: configure it and restore the
-        conversation so far, so the agent remembers what was said."""
-        out: list[Command] = [SendToModel(rt.session_update(self.session_config))]
-        for role, text in self.history:
-            item = rt.user_text_item(text) if role == "user" else rt.assistant_text_item(text)
-            out.append(SendToModel(item))
-        # Whatever the old session was saying is gone: stop waiting on it.
-        self.response_active = False
-        self._pending_truncation = None
-        item_state = self._assistant
-        if item_state is not None and not item_state.generation_done:
-            item_state.interrupted = True
-            item_state.pending.clear()
-            item_state.pending_since_ms = None
-        return out
+        """A new model session replaces a lost (or retired) one: configure it, restore the
+        conversation so far as text, so the agent remembers what was said, and replay the
+        uplink audio the old session had not made a turn of, so a turn in progress is
+        heard whole."""
+        return self._restore_into_new_model_session(now_ms, self._response_owed())
+
+    @property
+    def at_turn_boundary(self) -> bool:
+        """Nothing is in flight between the model and the caller: no response active or
+        asked for, no assistant audio waiting to go out, no truncation waiting. The state
+        can move to another model session (or another worker) without losing a word."""
+        if self.response_active or self._response_expected:
+            return False
+        if self._pending_truncation is not None:
+            return False
+        item = self._assistant
+        return item is None or not item.pending
+
+    def hand_over(self, now_ms: int, *, saved_at_ms: int = 0) -> tuple[CallHandover, list[Command]]:
+        """Stop serving this call here so another worker can ``resume`` it: what is ready
+        for the caller goes out now (the commands), the rest is in the handover, and the
+        session produces nothing more. No EndSession and no session_ended: the caller stays
+        connected. ``saved_at_ms`` is wall-clock epoch ms, which the core has no clock for:
+        pass it, or stamp the handover after (``dataclasses.replace``). Best called
+        ``at_turn_boundary``; otherwise a reply in progress is asked for again in the next
+        worker, from its start."""
+        if self.ended:
+            raise RuntimeError("hand_over on an ended session")
+        out: list[Command] = []
+        item = self._assistant
+        if item is not None and not item.interrupted:
+            out.extend(self._flush(item, now_ms, everything=True))
+        out.extend(self._flush_partial_transcripts(now_ms))
+        handover = CallHandover(
+            history=tuple(self.history),
+            next_seq=self.uplink.next_seq,
+            held=tuple(sorted(self.uplink.held.items())),
+            replay_audio=bytes(self._replay),
+            response_interrupted=self._response_owed(),
+            call_elapsed_ms=max(0, now_ms - self._started_ms),
+            saved_at_ms=saved_at_ms,
+            uplink_bytes=self.uplink_bytes,
+            client_ready=self.ready,
+        )
+        self.ended = True
+        return handover, out
 
     def receive_client_frame(self, frame: str | bytes, now_ms: int) -> list[Command]:
         """One frame from the caller, exactly as the WebSocket delivered it."""
@@ -268,7 +397,8 @@ class BridgeSession:
         if isinstance(message, proto.TextIn):
             return self._on_text(message)
         if isinstance(message, proto.InterruptIn):
-            return self._on_client_interrupt(message, now_ms)
+            out = self._on_client_interrupt(message, now_ms)
+            return out + self._replacement_due(now_ms)
         return [self._to_client(proto.pong_event(), now_ms)]
 
     def receive_model_event(self, event: dict[str, Any], now_ms: int) -> list[Command]:
@@ -279,7 +409,8 @@ class BridgeSession:
         handler = _MODEL_HANDLERS.get(kind) if isinstance(kind, str) else None
         if handler is None:
             return []  # events the bridge has no use for (rate limits, item bookkeeping, ...)
-        return handler(self, event, now_ms)
+        out = handler(self, event, now_ms)
+        return out + self._replacement_due(now_ms)
 
     def tick(self, now_ms: int) -> list[Command]:
         """Let time pass: flush held audio, time out barge-in reports, keep the line alive."""
@@ -304,6 +435,7 @@ class BridgeSession:
             return [*out, *self.end("max_duration", now_ms)]
         if now_ms - self._last_downlink_ms >= self.settings.keepalive_interval_ms:
             out.append(self._to_client(proto.keepalive_event(), now_ms))
+        out.extend(self._replacement_due(now_ms))
         return out
 
     def next_deadline_ms(self) -> int | None:
@@ -321,6 +453,26 @@ class BridgeSession:
             deadlines.append(self.uplink.gap_deadline_ms)
         if self._partial_since_ms is not None:
             deadlines.append(self._partial_since_ms + self.settings.transcript_hold_ms)
+        if not self._replacement_pending:
+            # Past the soft limit the boundary itself triggers the replacement (an event
+            # or a tick already due); only the hard limit still needs a tick of its own.
+            limit = (
+                self.settings.model_session_hard_max_ms
+                if self._replace_when_idle
+                else self.settings.model_session_max_ms
+            )
+            deadlines.append(self._model_started_ms + limit)
+            if (
+                self._replace_when_idle
+                and self.at_turn_boundary
+                and not self._user_speaking
+                and item is not None
+                and item.first_sent_ms is not None
+                and not item.interrupted
+            ):
+                # Only the caller's playback holds the replacement up (else it would have
+                # happened): tick when they will have heard the reply out.
+                deadlines.append(item.first_sent_ms + item.sent_ms)
         return min(deadlines) if not self.ended else None
 
     def end(self, reason: str, now_ms: int = 0) -> list[Command]:
@@ -374,6 +526,7 @@ class BridgeSession:
             out.append(self._to_client(proto.error_event(ErrorCode.AUDIO_GAP, text), now_ms))
         for pcm in frames:
             self.uplink_bytes += len(pcm)
+            self._keep_for_replay(pcm)
             out.append(SendToModel(rt.input_audio_append(pcm)))
         return out
 
@@ -381,9 +534,11 @@ class BridgeSession:
         self._remember("user", message.text)
         out: list[Command] = []
         if self.response_active:
+            self._response_cancelled = True
             out.append(SendToModel(rt.response_cancel()))
         out.append(SendToModel(rt.user_text_item(message.text)))
         out.append(SendToModel(rt.response_create()))
+        self._response_expected = True
         return out
 
     def _on_client_interrupt(self, message: proto.InterruptIn, now_ms: int) -> list[Command]:
@@ -409,13 +564,20 @@ class BridgeSession:
         return [self._to_client(proto.ready_event(cfg.model, cfg.voice), now_ms)]
 
     def _on_error(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        # A response.create refused (e.g. one already active) is never answered: do not
+        # wait for it, or the call would never reach a turn boundary.
+        self._response_expected = False
         error = event.get("error") or {}
-        if error.get("code") in rt.BENIGN_ERROR_CODES:
+        code = error.get("code")
+        if code in rt.BENIGN_ERROR_CODES or code in _SESSION_ENDING_ERROR_CODES:
             return []
         message = str(error.get("message") or "the model reported an error")
         return [self._to_client(proto.error_event(ErrorCode.MODEL_ERROR, message), now_ms)]
 
     def _on_speech_started(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self._user_speaking = True
+        # Whatever reply was on its way, the user's new turn takes over.
+        self._response_expected = False
         out: list[Command] = [
             self._to_client(proto.speech_started_event(event.get("item_id")), now_ms)
         ]
@@ -428,18 +590,36 @@ class BridgeSession:
         return out
 
     def _on_speech_stopped(self, event: dict[str, Any], now_ms: int) -> list[Command]:
+        self._user_speaking = False
+        # Server VAD (create_response, as session_update asks) replies to the turn just
+        # ended: not a turn boundary until that reply has come and gone.
+        self._response_expected = True
         end_ms = event.get("audio_end_ms")
-        if not isinstance(end_ms, int):
+        if not isinstance(end_ms, int) or isinstance(end_ms, bool):
             return []
+        # The model has made a turn of everything up to here; it stops being replayed
+        # once that turn is answered or its words are history (``_secure_turn``).
+        self._unsecured_turn_end = ms_to_bytes(max(0, end_ms))
+        self._unsecured_turn_reply_started = False
+        # The caller counts from the start of the call's uplink, the model from the start
+        # of its own session.
+        end_ms += bytes_to_ms(self._stream_origin_bytes)
         speech_end_ms = max(0, end_ms - self.session_config.vad_silence_ms)
         return [self._to_client(proto.speech_stopped_event(end_ms, speech_end_ms), now_ms)]
 
     def _on_response_created(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         self.response_active = True
+        if self._unsecured_turn_end is not None:
+            self._unsecured_turn_reply_started = True
+        self._response_expected = False
+        self._response_cancelled = False
         return []
 
     def _on_response_done(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         self.response_active = False
+        self._response_expected = False
+        if self._unsecured_turn_reply_started:
+            self._secure_turn()
         item = self._assistant
         if item is None or item.interrupted:
             return []
@@ -493,6 +673,7 @@ class BridgeSession:
 
     def _on_input_transcript_completed(self, event: dict[str, Any], now_ms: int) -> list[Command]:
         self._remember("user", event.get("transcript"))
+        self._secure_turn()
         return self._transcript("user", event, "transcript", final=True, now_ms=now_ms)
 
     def _remember(self, role: str, text: Any) -> None:
@@ -542,6 +723,7 @@ class BridgeSession:
         item.pending.clear()
         item.pending_since_ms = None
         if self.response_active:
+            self._response_cancelled = True
             return [SendToModel(rt.response_cancel())]
         return []
 
@@ -588,6 +770,113 @@ class BridgeSession:
     def _to_client(self, payload: bytes, now_ms: int) -> SendToClient:
         self._last_downlink_ms = now_ms
         return SendToClient(payload)
+
+    # --- model session continuity ---------------------------------------------------------
+
+    def _keep_for_replay(self, pcm: bytes) -> None:
+        self._model_stream_bytes += len(pcm)
+        self._replay += pcm
+        # The cap drops whole frames from the front, so the tail stays on the frame grid.
+        cap = ms_to_bytes(self.settings.replay_audio_ms)
+        if len(self._replay) > cap:
+            keep_from = -(-(self._model_stream_bytes - cap) // _REPLAY_FRAME_BYTES)
+            self._forget_replay_before(keep_from * _REPLAY_FRAME_BYTES)
+
+    def _secure_turn(self) -> None:
+        """The last turn is answered, or its words are in the history (a lost reply can
+        then be asked for again): its audio need not be heard again."""
+        if self._unsecured_turn_end is not None:
+            self._forget_replay_before(self._unsecured_turn_end)
+            self._unsecured_turn_end = None
+            self._unsecured_turn_reply_started = False
+
+    def _forget_replay_before(self, stream_byte: int) -> None:
+        position = min(stream_byte, self._model_stream_bytes)
+        if position > self._replay_from:
+            del self._replay[: position - self._replay_from]
+            self._replay_from = position
+
+    def _response_owed(self) -> bool:
+        """Would the caller, but for the loss of the model session now, get a reply it
+        has not had in full? A reply asked for, or one being generated and not cancelled;
+        never while the user speaks (their turn, replayed, gets its own reply)."""
+        if self._user_speaking or self._unsecured_turn_end is not None:
+            # The replay holds the user's turn: the new session's VAD answers it.
+            return False
+        if self._response_expected:
+            return True
+        return self.response_active and not self._response_cancelled
+
+    def _restore_into_new_model_session(self, now_ms: int, response_owed: bool) -> list[Command]:
+        out: list[Command] = [SendToModel(rt.session_update(self.session_config))]
+        for role, text in self.history:
+            item = rt.user_text_item(text) if role == "user" else rt.assistant_text_item(text)
+            out.append(SendToModel(item))
+        # A reply lost with the old session is asked for again, from its start: the caller
+        # heard part of it at most, and silence would leave them waiting for the rest. Only
+        # when the last turn in the history is the user's (the new session then answers
+        # it; otherwise it has not got the question and would answer something else). It
+        # goes before the replay: if the replay holds speech the old session had not yet
+        # reported, server VAD interrupts this reply for that speech, as a barge-in would,
+        # and answers the speech; after the replay it could start while the user talks.
+        self._response_expected = False
+        if response_owed and self.history and self.history[-1][0] == "user":
+            out.append(SendToModel(rt.response_create()))
+            self._response_expected = True
+        # The audio the old session had not made a turn of becomes the new session's
+        # stream from byte 0; the pieces stay within the uplink frame size.
+        piece = proto.MAX_UPLINK_PCM_BYTES
+        replay = bytes(self._replay)
+        for start in range(0, len(replay), piece):
+            out.append(SendToModel(rt.input_audio_append(replay[start : start + piece])))
+        self._stream_origin_bytes = self.uplink_bytes - len(replay)
+        self._model_stream_bytes = len(replay)
+        self._replay_from = 0
+        self._user_speaking = False
+        self._unsecured_turn_end = None
+        self._unsecured_turn_reply_started = False
+        self._response_cancelled = False
+        self._model_started_ms = now_ms
+        self._replace_when_idle = False
+        self._replacement_pending = False
+        # Whatever the old session was saying is gone: stop waiting on it, and never name
+        # its item to the new session (a truncate of an unknown item is an error).
+        self.response_active = False
+        self._pending_truncation = None
+        item_state = self._assistant
+        if item_state is not None:
+            item_state.interrupted = True
+            item_state.pending.clear()
+            item_state.pending_since_ms = None
+        return out
+
+    def _caller_may_be_listening(self, now_ms: int) -> bool:
+        # Once the session is replaced, a barge-in can no longer truncate the old reply (the
+        # new session does not know its item): wait until the caller has heard it out.
+        item = self._assistant
+        return (
+            item is not None and not item.interrupted and self._may_still_be_playing(item, now_ms)
+        )
+
+    def _replacement_due(self, now_ms: int) -> list[Command]:
+        """ReplaceModelSession once the model session is old: at a turn boundary where the
+        user is not speaking, or at the hard limit whatever is going on."""
+        if self.ended or self._replacement_pending:
+            return []
+        age_ms = now_ms - self._model_started_ms
+        if age_ms >= self.settings.model_session_max_ms:
+            self._replace_when_idle = True
+        hard = age_ms >= self.settings.model_session_hard_max_ms
+        idle = (
+            self._replace_when_idle
+            and self.at_turn_boundary
+            and not self._user_speaking
+            and not self._caller_may_be_listening(now_ms)
+        )
+        if not (hard or idle):
+            return []
+        self._replacement_pending = True
+        return [ReplaceModelSession()]
 
 
 def _b64decode(data: str) -> bytes:
