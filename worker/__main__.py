@@ -30,7 +30,7 @@ async def run(settings: WorkerSettings) -> None:
     )
     sqs = boto3.client("sqs", config=client_config)
     dynamodb = boto3.client("dynamodb", config=client_config)
-    connections = ConnectionsApi(settings.connections_endpoint_url, executor, settings.io_threads)
+    connections = ConnectionsApi(settings.connections_endpoint_url, settings.io_threads)
     rows = SessionRows(dynamodb, settings.sessions_table, executor)
     bridge = Bridge(settings, connections, rows)
     leases = SlotLeases(
@@ -69,6 +69,7 @@ async def run(settings: WorkerSettings) -> None:
         task.cancel()
     await asyncio.gather(*background, return_exceptions=True)
     await service.wait_consumers(settings.sqs_wait_seconds + 2)
+    await connections.close()
     executor.shutdown(wait=False, cancel_futures=True)
     log.info("worker stopped", extra={"handed_over": service.handed_over})
 
