@@ -132,3 +132,18 @@ def test_a_caller_gone_without_a_disconnect_is_ended_and_a_quiet_one_kept() -> N
                 assert "session_ended" not in posts.types("conn-1")  # nobody to tell
 
     with_emulator(body)
+
+
+def test_envelopes_of_a_handed_over_call_are_declined_until_the_slot_moves() -> None:
+    async def body(emulator: RealtimeEmulator) -> None:
+        bridge = make_bridge(emulator, RecordingConnections())
+        bridge.rows = MemoryRows({"conn-1"})  # type: ignore[assignment]
+        assert bridge.handle(envelope(EnvelopeKind.OPEN), 3) is True
+        bridge.hand_over(bridge.calls["conn-1"])
+        assert bridge.handle(envelope(EnvelopeKind.FRAME, "{}", 1), 3) is False
+        bridge.handed_over_slot(3)  # the slot is another worker's; it may come back
+        assert bridge.handle(envelope(EnvelopeKind.FRAME, "{}", 2), 3) is True
+        await bridge.settle()
+        await bridge.shutdown()
+
+    with_emulator(body)

@@ -225,12 +225,22 @@ class Bridge:
         self._resolving: dict[str, list[tuple[QueueEnvelope, int]]] = {}
         self._resolvers: dict[str, asyncio.Task[None]] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
+        # Calls handed over from here while their slot is still ours: connection -> slot.
+        self._handed_over: dict[str, int] = {}
         self.resumed = 0
         self.resume_gaps_ms: deque[int] = deque(maxlen=100)
 
-    def handle(self, envelope: QueueEnvelope, slot: int = 0) -> None:
+    def handle(self, envelope: QueueEnvelope, slot: int = 0) -> bool:
         """Route one queue envelope (from ``slot``'s queue) to its call, opening or
-        resuming the call if needed."""
+        resuming the call if needed. False: declined, the call was handed over from here
+        (the consumer keeps the message in the queue for the next worker)."""
+        cid = envelope.connection_id
+        if cid in self._handed_over:
+            return False
+        self._route(envelope, slot)
+        return True
+
+    def _route(self, envelope: QueueEnvelope, slot: int) -> None:
         cid = envelope.connection_id
         waiting = self._resolving.get(cid)
         if waiting is not None:
@@ -298,7 +308,7 @@ class Bridge:
                 log.info("call resumed", extra={"connection_id": cid, "gap_ms": gap_ms})
                 self.track(rows.clear_handover(cid))
             for queued, queued_slot in waiting:
-                self.handle(queued, queued_slot)
+                self._route(queued, queued_slot)
 
         self._resolvers[cid] = asyncio.get_running_loop().create_task(resolve())
 
@@ -315,9 +325,20 @@ class Bridge:
     def calls_on(self, slot: int) -> list[LiveCall]:
         return [call for call in self.calls.values() if call.slot == slot]
 
+    def hand_over(self, call: LiveCall) -> CallHandover:
+        """Hand ``call`` over: its state, for its session row. Its later envelopes are
+        declined until the slot changes hands (``handed_over_slot``)."""
+        self._handed_over[call.connection_id] = call.slot
+        return call.hand_over()
+
     def hand_over_slot(self, slot: int) -> list[tuple[str, CallHandover]]:
         """Hand over every call of ``slot``: their states, for the session rows."""
-        return [(call.connection_id, call.hand_over()) for call in self.calls_on(slot)]
+        return [(call.connection_id, self.hand_over(call)) for call in self.calls_on(slot)]
+
+    def handed_over_slot(self, slot: int) -> None:
+        """``slot`` is another worker's now: if it comes back here, so may its calls."""
+        for cid in [c for c, s in self._handed_over.items() if s == slot]:
+            del self._handed_over[cid]
 
     def forget(self, connection_id: str) -> None:
         self.calls.pop(connection_id, None)

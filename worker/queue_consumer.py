@@ -7,11 +7,17 @@ the sessions; the next frames of that call can then be received at once.
 One consumer serves one slot's queue. When the worker gives the slot up, messages a long
 poll still returns are not handled here: they are made visible again at once, for the
 worker that takes the slot over, in their order.
+
+While the worker hands calls over one by one, ``on_envelope`` may decline a message (it
+returns False: its call has been handed over already). The message is then kept in flight,
+undeleted, which holds back the rest of its call's FIFO group in the queue; ``give_back``
+releases them all when the slot changes hands, so the next worker gets them in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -38,7 +44,7 @@ class QueueConsumer:
         executor: Executor,
         *,
         pollers: int,
-        on_envelope: Callable[[QueueEnvelope], None],
+        on_envelope: Callable[[QueueEnvelope], bool | None],
         wait_seconds: int = _WAIT_SECONDS,
     ) -> None:
         self._sqs = sqs_client
@@ -49,6 +55,9 @@ class QueueConsumer:
         self._wait_seconds = wait_seconds
         self._stopping = asyncio.Event()
         self.received = 0
+        # Declined messages by message id (a message coming back after its visibility
+        # timeout replaces its entry: only the newest receipt handle is valid).
+        self._declined: dict[str, dict[str, Any]] = {}
 
     async def run(self) -> None:
         await asyncio.gather(*(self._poll(i) for i in range(self._pollers)))
@@ -73,29 +82,43 @@ class QueueConsumer:
             if self._stopping.is_set():
                 await self._give_back(messages, index)
                 return
-            self._dispatch(messages)
+            handled = self._dispatch(messages)
+            if not handled:
+                continue
             try:
-                await loop.run_in_executor(self._executor, self._delete, messages)
+                await loop.run_in_executor(self._executor, self._delete, handled)
             except (ClientError, BotoCoreError) as exc:
                 # Undeleted messages come back after the visibility timeout; the session
                 # core drops what it has already seen.
                 log.warning("delete failed", extra={"poller": index, "error": repr(exc)})
 
+    async def give_back(self) -> int:
+        """Make every declined message visible again now; returns how many."""
+        declined = list(self._declined.values())
+        self._declined.clear()
+        await self._give_back(declined, -1)
+        return len(declined)
+
     async def _give_back(self, messages: list[dict[str, Any]], index: int) -> None:
-        entries = [
-            {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-            for i, m in enumerate(messages)
-        ]
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor,
-                lambda: self._sqs.change_message_visibility_batch(
-                    QueueUrl=self._queue_url, Entries=entries
-                ),
-            )
-        except (ClientError, BotoCoreError) as exc:
-            # They come back after the visibility timeout instead: later, still in order.
-            log.warning("could not give messages back", extra={"poller": index, "error": repr(exc)})
+        for start in range(0, len(messages), _BATCH):  # at most 10 entries per request
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages[start : start + _BATCH])
+            ]
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor,
+                    functools.partial(
+                        self._sqs.change_message_visibility_batch,
+                        QueueUrl=self._queue_url,
+                        Entries=entries,
+                    ),
+                )
+            except (ClientError, BotoCoreError) as exc:
+                # They come back after the visibility timeout instead: later, still in order.
+                log.warning(
+                    "could not give messages back", extra={"poller": index, "error": repr(exc)}
+                )
 
     def _receive(self) -> dict[str, Any]:
         return self._sqs.receive_message(
@@ -105,7 +128,9 @@ class QueueConsumer:
             **RECEIVE_ATTRIBUTES,
         )
 
-    def _dispatch(self, messages: list[dict[str, Any]]) -> None:
+    def _dispatch(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Hand each envelope on; the messages to delete (all but the declined ones)."""
+        handled = []
         for message in messages:
             self.received += 1
             try:
@@ -115,13 +140,20 @@ class QueueConsumer:
                     "dropping a message that is not an envelope",
                     extra={"message_id": message.get("MessageId"), "error": str(exc)},
                 )
+                handled.append(message)
                 continue
             try:
-                self._on_envelope(envelope)
+                taken = self._on_envelope(envelope)
             except Exception:  # noqa: BLE001 - one bad frame must not stop the worker
                 log.exception(
                     "envelope handling failed", extra={"connection_id": envelope.connection_id}
                 )
+                taken = True
+            if taken is False:
+                self._declined[str(message.get("MessageId"))] = message
+            else:
+                handled.append(message)
+        return handled
 
     def _delete(self, messages: list[dict[str, Any]]) -> None:
         entries = [

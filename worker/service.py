@@ -124,8 +124,7 @@ class WorkerService:
         for slot in plan.release:
             log.info("giving a slot up to balance the workers", extra={"slot": slot})
             await self._mark_draining(slot)
-            await self._wait_for_boundaries([slot], self.settings.drain_wait_ms // 4)
-            await self.hand_over(slot)
+            await self.hand_over([slot], self.settings.drain_wait_ms // 4)
 
     def _serve(self, slot: int) -> None:
         consumer = QueueConsumer(
@@ -149,6 +148,7 @@ class WorkerService:
         if consumer is not None:
             consumer.stop()
         self.bridge.hand_over_slot(slot)
+        self.bridge.handed_over_slot(slot)
 
     async def _mark_draining(self, slot: int) -> None:
         with contextlib.suppress(LeaseLost):
@@ -156,36 +156,51 @@ class WorkerService:
                 slot, epoch_ms(), len(self.bridge.calls_on(slot)), draining=True
             )
 
-    async def hand_over(self, slot: int) -> None:
-        """Give ``slot`` up: stop its queue, save its calls on their rows, release it."""
-        consumer = self.held.pop(slot, None)
-        if consumer is None:
-            return
+    async def hand_over(self, slot_list: list[int], wait_ms: int) -> None:
+        """Give these slots up. Each call is handed over as soon as it reaches a turn
+        boundary (nothing of the model's reply left unsent), or at ``wait_ms`` regardless;
+        its state goes on its session row, and its later messages stay in the queue (held
+        back, in order) for the worker that takes the slot. Then each slot's queue is let
+        go and its lease released."""
         started = time.monotonic()
-        consumer.stop()
-        await self.bridge.settle()
-        states = self.bridge.hand_over_slot(slot)
-        saved = await asyncio.gather(*(self.rows.save_handover(cid, h) for cid, h in states))
-        await self.leases.release(slot)
-        self.handed_over += len(states)
+        deadline = started + wait_ms / 1000
+        saves: list[asyncio.Task[bool]] = []
+        loop = asyncio.get_running_loop()
+        late = False
+        while True:
+            late = late or time.monotonic() >= deadline
+            calls = [c for s in slot_list for c in self.bridge.calls_on(s)]
+            for call in calls:
+                if late or call.at_turn_boundary:
+                    state = self.bridge.hand_over(call)
+                    cid = call.connection_id
+                    saves.append(loop.create_task(self.rows.save_handover(cid, state)))
+            if not calls:
+                await self.bridge.settle()  # a call being resumed right now is one more
+                if not any(self.bridge.calls_on(s) for s in slot_list):
+                    break
+            await asyncio.sleep(0.02)
+        if late:
+            log.info("drain wait over; calls handed over mid-turn")
+        saved = await asyncio.gather(*saves)
+        for slot in slot_list:
+            consumer = self.held.pop(slot, None)
+            if consumer is None:
+                continue
+            consumer.stop()
+            held_back = await consumer.give_back()
+            await self.leases.release(slot)
+            self.bridge.handed_over_slot(slot)
+            log.info("slot handed over", extra={"slot": slot, "messages_held_back": held_back})
+        self.handed_over += len(saves)
         log.info(
-            "slot handed over",
+            "calls handed over",
             extra={
-                "slot": slot,
-                "calls": len(states),
+                "calls": len(saves),
                 "saved": sum(saved),
                 "ms": round((time.monotonic() - started) * 1000, 1),
             },
         )
-
-    async def _wait_for_boundaries(self, slot_list: list[int], wait_ms: int) -> None:
-        deadline = time.monotonic() + wait_ms / 1000
-        while time.monotonic() < deadline:
-            calls = [c for s in slot_list for c in self.bridge.calls_on(s)]
-            if all(call.at_turn_boundary for call in calls):
-                return
-            await asyncio.sleep(0.02)
-        log.info("drain wait over; handing over calls mid-turn")
 
     # --- SIGTERM ----------------------------------------------------------------------------
 
@@ -197,12 +212,11 @@ class WorkerService:
         notice_s = _DRAIN_NOTICE_TICKS * self.settings.lease_tick_ms / 1000
         await asyncio.sleep(max(0.0, notice_s - (time.monotonic() - drain_started)))
         remaining_ms = self.settings.drain_wait_ms - int((time.monotonic() - drain_started) * 1000)
-        await self._wait_for_boundaries(list(self.held), max(0, remaining_ms))
-        for slot in list(self.held):
-            try:
-                await self.hand_over(slot)
-            except LEASE_ERRORS as exc:
-                log.warning("handover failed", extra={"slot": slot, "error": repr(exc)})
+        try:
+            await self.hand_over(list(self.held), max(0, remaining_ms))
+        except LEASE_ERRORS as exc:
+            # The leases run out on their own; the calls resume without saved state.
+            log.warning("handover failed", extra={"error": repr(exc)})
         await self.bridge.wait_closed()
 
     async def wait_consumers(self, timeout_s: float) -> None:
@@ -230,7 +244,9 @@ class WorkerService:
         with the worker's counters in it for operators and tests."""
         while True:
             try:
-                path.write_bytes(orjson.dumps(self.stats()))
+                partial = path.with_name(path.name + ".partial")
+                partial.write_bytes(orjson.dumps(self.stats()))
+                partial.replace(path)  # readers never see half a file
             except OSError:
                 log.warning("cannot write heartbeat", extra={"path": str(path)})
             await asyncio.sleep(_HEALTH_INTERVAL_S)

@@ -95,6 +95,10 @@ class WorkerSettings:
                 client_message_burst=integer(
                     "CLIENT_MESSAGE_BURST", defaults_bridge.client_message_burst
                 ),
+                model_session_max_ms=1000
+                * integer(
+                    "MODEL_SESSION_MAX_SECONDS", defaults_bridge.model_session_max_ms // 1000
+                ),
             )
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
