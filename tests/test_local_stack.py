@@ -83,8 +83,10 @@ def test_audio_sent_faster_than_real_time_arrives_whole_and_in_order(
 ) -> None:
     # One turn only: sent at full speed, a second turn would arrive while the agent still
     # answers the first and, as with a person, interrupt it.
+    # 100 ms frames: 37 messages, within the per-caller burst (100); 20 ms frames (185
+    # messages in well under a second) would rightly meet the rate limit.
     one_turn = silence(100) + b"".join(tone(90, 300 + 20 * k) for k in range(40))
-    result = asyncio.run(call_gateway(stack.ws_url, one_turn, pace=0, frame_ms=20))
+    result = asyncio.run(call_gateway(stack.ws_url, one_turn, pace=0, frame_ms=100))
     assert result.errors == []
     assert result.reply_pcm == expected_echo(one_turn)
 

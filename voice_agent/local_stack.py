@@ -236,7 +236,9 @@ class LocalStack:
         }
         path = state_file().with_name("runtime.json")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(info))
+        partial = path.with_suffix(".partial")
+        partial.write_text(json.dumps(info))
+        partial.replace(path)  # readers never see half a file
 
     async def _supervise(self) -> None:
         """Start a worker again when one exits, like the ECS service scheduler (unless
