@@ -47,9 +47,10 @@ MAX_SESSION_TTL_SECONDS = 86_400
 # How $default reaches the audio queue: a Lambda function per message, or API Gateway's own
 # SQS integration (the lean path: no function per audio frame).
 DEFAULT_ROUTE_INTEGRATIONS = ("lambda", "sqs")
-# OpenAI ends a Realtime session after 60 minutes (API Gateway cuts connections at 2 hours);
-# the longest call we allow ends a minute before that, cleanly.
-MAX_CALL_SECONDS = 3_540
+# API Gateway cuts a WebSocket connection at 2 hours; the longest call we allow ends a
+# minute before that, cleanly. (OpenAI's 60-minute session limit no longer bounds a call:
+# the worker replaces the model session at a turn boundary before it.)
+MAX_CALL_SECONDS = 7_140
 # Worker slots (wire/slots.py): each has its own FIFO audio queue, and every queue redrives to
 # the one dead-letter queue, whose RedriveAllowPolicy may name at most 10 source queues
 # ("byQueue"). Ten slots also keep the queue URLs well inside Lambda's 4 KB environment.
@@ -150,9 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("maxSessions", "integer", 100,
             "Concurrent calls the stack accepts; a connect beyond them is refused with 429 "
             "(0 = no limit)."),
-    Setting("maxCallSeconds", "integer", 3300,
-            "Longest call, ended cleanly (session_ended, reason max_duration): before OpenAI's "
-            "60-minute session limit and API Gateway's 2-hour cut (at most 3540)."),
+    Setting("maxCallSeconds", "integer", 7080,
+            "Longest call, ended cleanly (session_ended, reason max_duration) before API "
+            "Gateway's 2-hour cut (at most 7140). The model session is replaced before "
+            "OpenAI's 60-minute limit, at a turn boundary."),
     Setting("allowedOrigins", "string", "",
             "Comma-separated web origins whose pages may connect, e.g. "
             "https://app.example.com (empty = any). Callers that send no Origin (servers, "
@@ -366,8 +368,8 @@ def parse_stack_config(
     max_call = integer("maxCallSeconds", 60, 7_200)
     if max_call > MAX_CALL_SECONDS:
         errors.append(
-            f"{PROJECT}:maxCallSeconds is {max_call}; a call must end before OpenAI's 60-minute "
-            f"session limit: at most {MAX_CALL_SECONDS}"
+            f"{PROJECT}:maxCallSeconds is {max_call}; a call must end before API Gateway's "
+            f"2-hour connection limit: at most {MAX_CALL_SECONDS}"
         )
     if session_ttl < max_call:
         errors.append(

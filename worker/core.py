@@ -100,9 +100,9 @@ class BridgeSettings:
     keepalive_interval_ms: int = 300_000
     # How long an out-of-order uplink frame waits for the ones before it.
     uplink_gap_wait_ms: int = 200
-    # The call ends cleanly after this long: before OpenAI's 60-minute session limit and
-    # API Gateway's 2-hour cut, either of which would end it abruptly.
-    max_call_ms: int = 3_300_000
+    # The call ends cleanly after this long, before API Gateway's 2-hour cut would end it
+    # abruptly. (OpenAI's 60-minute session limit is met by replacing the model session.)
+    max_call_ms: int = 7_080_000
     # Client frames per second a caller may send (a token bucket); more are dropped with a
     # rate_limited error. 100 ms audio frames are 10 a second.
     client_messages_per_second: float = 50.0

@@ -122,7 +122,7 @@ def test_the_default_limits_reach_the_code_that_enforces_them(any_stack: Graph) 
         SETTINGS_BY_KEY["maxSessions"].default)  # fmt: skip
     env = worker_environment(any_stack)
     assert (env["MAX_CALL_SECONDS"], env["CLIENT_MESSAGES_PER_SECOND"],
-            env["CLIENT_MESSAGE_BURST"]) == ("3300", "50", "100")  # fmt: skip
+            env["CLIENT_MESSAGE_BURST"]) == ("7080", "50", "100")  # fmt: skip
     for handler in ("handlers.disconnect.handler", "handlers.default.handler",
                     AUTHORIZER_HANDLER):  # fmt: skip
         assert "MAX_SESSIONS" not in function_for(any_stack, handler).inputs["environment"][

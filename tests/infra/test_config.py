@@ -151,12 +151,12 @@ def test_an_unknown_model_names_the_allowed_ones() -> None:
          "voice-agent:defaultRouteIntegration is 'http'; allowed values are: lambda, sqs"),
         ({"maxSessions": "-1"}, "voice-agent:maxSessions must be between 0 and 100000, got -1"),
         ({"maxSessions": "lots"}, "voice-agent:maxSessions must be an integer, got 'lots'"),
-        ({"maxCallSeconds": "3600"},
-         "maxCallSeconds is 3600; a call must end before OpenAI's 60-minute session limit: "
-         "at most 3540"),
+        ({"maxCallSeconds": "7200"},
+         "maxCallSeconds is 7200; a call must end before API Gateway's 2-hour connection "
+         "limit: at most 7140"),
         ({"maxCallSeconds": "30"}, "voice-agent:maxCallSeconds must be between 60 and 7200"),
         ({"sessionTtlSeconds": "600"},
-         "sessionTtlSeconds (600) is shorter than maxCallSeconds (3300)"),
+         "sessionTtlSeconds (600) is shorter than maxCallSeconds (7080)"),
         ({"clientMessagesPerSecond": "5"},
          "voice-agent:clientMessagesPerSecond must be between 10 and 1000, got 5"),
         ({"clientMessagesPerSecond": "50", "clientMessageBurst": "20"},
@@ -185,11 +185,12 @@ def test_a_secret_setting_given_in_plain_text_is_refused() -> None:
 def test_limits_and_access_have_sane_defaults() -> None:
     config = parse()
     assert config.default_route_integration == "lambda" and not config.lean_default_route
-    assert (config.max_sessions, config.max_call_seconds) == (100, 3300)
+    assert (config.max_sessions, config.max_call_seconds) == (100, 7080)
     assert (config.client_messages_per_second, config.client_message_burst) == (50, 100)
     assert config.allowed_origins == ()
-    # The call ends before OpenAI's 60-minute session and API Gateway's 2-hour connection.
-    assert config.max_call_seconds < 3600 < config.session_ttl_seconds <= 7200
+    # The call ends before API Gateway's 2-hour connection limit, inside its row's lifetime
+    # (the model session is replaced before OpenAI's 60 minutes, so that no longer bounds it).
+    assert config.max_call_seconds < config.session_ttl_seconds <= 7200
 
 
 def test_the_lean_route_and_no_session_limit_are_accepted() -> None:

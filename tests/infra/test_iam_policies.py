@@ -290,20 +290,34 @@ def test_the_lean_route_role_may_only_send_to_the_audio_queues(lean_stack: Graph
     assert trust["Principal"] == {"Service": "apigateway.amazonaws.com"}
 
 
+def connections_methods(path: Path) -> set[str]:
+    """HTTP methods the worker's own @connections transport sends (``_send("POST", ...)``)."""
+    methods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "_send"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            methods.add(node.args[0].value)
+    return methods
+
+
 def test_the_worker_task_role_covers_every_call_the_worker_makes(prod: Graph) -> None:
     calls = boto3_calls(sorted((ROOT / "worker").glob("*.py")))
-    assert {"receive_message", "post_to_connection"} <= calls
+    assert {"receive_message", "update_item"} <= calls
+    methods = connections_methods(ROOT / "worker" / "connections.py")
+    methods |= {CONNECTIONS_CALLS[c] for c in calls if c in CONNECTIONS_CALLS}
+    assert methods == {"POST", "GET", "DELETE"}
     policy = identity_policies(prod)["worker-task-policy"]
     granted = {a for s in statements(policy) for a in s["Action"]}
-    for call in calls:
-        if call in CONNECTIONS_CALLS:
-            [stmt] = [
-                s for s in statements(policy) if s["Action"] == ["execute-api:ManageConnections"]
-            ]
-            method = CONNECTIONS_CALLS[call]
-            assert any(f"/live/{method}/@connections/*" in r for r in stmt["Resource"]), call
-        else:
-            assert BOTO3_ACTIONS[call] in granted, call
+    for call in calls - set(CONNECTIONS_CALLS):
+        assert BOTO3_ACTIONS[call] in granted, call
+    [stmt] = [s for s in statements(policy) if s["Action"] == ["execute-api:ManageConnections"]]
+    for method in methods:
+        assert any(f"/live/{method}/@connections/*" in r for r in stmt["Resource"]), method
 
 
 def test_every_sender_and_the_worker_reach_every_slot_queue(every_stack: Graph) -> None:
