@@ -27,6 +27,16 @@ class MotoStack:
     sqs: Any
     dynamodb: Any
 
+    def client(self, service: str) -> Any:
+        """Another boto3 client on this moto server (e.g. ``secretsmanager``)."""
+        return boto3.client(
+            service,
+            region_name=REGION,
+            endpoint_url=self.url,
+            aws_access_key_id="t",
+            aws_secret_access_key="t",
+        )
+
 
 def _free_port() -> int:
     with socket.socket() as probe:

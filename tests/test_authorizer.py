@@ -6,10 +6,9 @@ import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 
-import boto3
 import pytest
 
-from tests.aws_local import REGION, handler_env, load_handlers, moto_server
+from tests.aws_local import handler_env, load_handlers, moto_server
 from wire import token as tokens
 
 CONTEXT = SimpleNamespace(aws_request_id="authz-1")
@@ -20,13 +19,7 @@ AUD = tokens.audience_for("test")
 @pytest.fixture(scope="module")
 def authorizer() -> Iterator[tuple[object, object, str]]:
     with moto_server() as moto:
-        sm = boto3.client(
-            "secretsmanager",
-            region_name=REGION,
-            endpoint_url=moto.url,
-            aws_access_key_id="t",
-            aws_secret_access_key="t",
-        )
+        sm = moto.client("secretsmanager")
         arn = sm.create_secret(Name="connect-token", SecretString="first-key")["ARN"]
         env = {
             "AUTH_SECRET_ARN": arn,

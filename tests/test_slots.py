@@ -10,12 +10,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-import boto3
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.aws_local import REGION, handler_env, load_handlers, moto_server
+from tests.aws_local import handler_env, load_handlers, moto_server
 from wire import slots
 from wire import token as tokens
 from wire.queue import RECEIVE_ATTRIBUTES, QueueEnvelope
@@ -221,13 +220,7 @@ def three_slots(moto) -> Iterator[tuple[dict, list[str], object]]:
         )["QueueUrl"]
         for i in range(3)
     ]
-    sm = boto3.client(
-        "secretsmanager",
-        region_name=REGION,
-        endpoint_url=moto.url,
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    )
+    sm = moto.client("secretsmanager")
     arn = sm.create_secret(Name="slot-test-key", SecretString="k")["ARN"]
     env = {
         "AUTH_SECRET_ARN": arn,

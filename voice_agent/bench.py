@@ -49,7 +49,7 @@ from typing import Any, Literal, TextIO, cast
 import orjson
 
 from emulators.realtime import Pacing, RealtimeEmulator
-from voice_agent.arguments import positive_number
+from voice_agent.arguments import bounded_int, positive_number
 from voice_agent.caller import (
     DEFAULT_TAIL_MS,
     QUIET_MS,
@@ -1685,19 +1685,6 @@ def plot_capacity(report: dict[str, Any], path: Path) -> bool:
 BENCH_PHASES = ("capacity", "frames", "chunks", "cold-start")
 
 
-def _positive_int(what: str, low: int = 1, high: int = 100_000) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            number = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be an integer, got {text!r}") from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"{what} must be {low}-{high}, got {number}")
-        return number
-
-    return parse
-
-
 def _int_list(what: str, check: Callable[[int], str | None]) -> Callable[[str], tuple[int, ...]]:
     def parse(text: str) -> tuple[int, ...]:
         values = []
@@ -1751,17 +1738,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--turns",
-        type=_positive_int("turns", 1, 1000),
+        type=bounded_int(1, 1000, "turns"),
         help="turns per path in the side-by-side latency run (default 30)",
     )
     parser.add_argument(
         "--max-calls",
-        type=_positive_int("max calls", 1, 5000),
+        type=bounded_int(1, 5000, "max calls"),
         help="highest concurrency the ramp tries (default 1000)",
     )
     parser.add_argument(
         "--level-seconds",
-        type=_positive_int("level seconds", 1, 600),
+        type=bounded_int(1, 600, "level seconds"),
         help="seconds each ramp level runs with all its calls live (default 20)",
     )
     parser.add_argument(
@@ -1782,17 +1769,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--sweep-turns",
-        type=_positive_int("sweep turns", 1, 200),
+        type=bounded_int(1, 200, "sweep turns"),
         help="turns per point of the chunk and frame sweeps (default 10)",
     )
     parser.add_argument(
         "--cold-runs",
-        type=_positive_int("cold runs", 1, 100),
+        type=bounded_int(1, 100, "cold runs"),
         help="fresh interpreters per handler module (default 5)",
     )
     parser.add_argument(
         "--pollers",
-        type=_positive_int("pollers", 1, 16),
+        type=bounded_int(1, 16, "pollers"),
         default=1,
         help="SQS_POLLERS of the worker (default 1: moto's FIFO long poll "
         "spins when several pollers share a queue)",
