@@ -237,6 +237,19 @@ def test_more_calls_than_the_workers_carry_adds_tasks() -> None:
     assert tasks == math.ceil(1000 / 150)
 
 
+def test_slot_leases_cost_by_the_hour_with_slots_and_workers() -> None:
+    two = line(estimate_cost(scenario(worker_slots=2), PRICES), "DynamoDB", "slot leases")
+    eight = line(estimate_cost(scenario(worker_slots=8), PRICES), "DynamoDB", "slot leases")
+    # A 5 s tick: 720 rounds an hour, each reading every slot and the registry, writing the
+    # registry and renewing each slot.
+    assert two.quantity == 720 * (2 + 1) + 720 * 1 + 720 * 2
+    assert eight.shared_usd_per_hour > 2 * two.shared_usd_per_hour > 0
+    idle_polls = line(estimate_cost(scenario(worker_slots=8), PRICES), "SQS", "empty long polls")
+    assert idle_polls.quantity == 8 * 4 * 180  # each slot polled by 4 loops, 3 times a minute
+    paused = estimate_cost(scenario(worker_count=0, concurrency=0, worker_slots=8), PRICES)
+    assert not [i for i in paused.items if i.item.startswith("slot leases")]
+
+
 def test_talk_ratio_moves_downlink_costs_not_uplink() -> None:
     quiet = estimate_cost(scenario(talk_ratio=0.2), PRICES)
     chatty = estimate_cost(scenario(talk_ratio=0.8), PRICES)

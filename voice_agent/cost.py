@@ -222,6 +222,9 @@ def model_append_bytes(frame_ms: int) -> int:
     return len(json.dumps(rt.input_audio_append(bytes(ms_to_bytes(frame_ms)))))
 
 
+# The worker's default lease tick (worker/settings.py, SLOT_TICK_SECONDS).
+LEASE_TICK_SECONDS = 5.0
+
 # --- inputs -------------------------------------------------------------------------------
 
 
@@ -236,6 +239,7 @@ class Scenario:
     worker_cpu: int = 512
     worker_memory: int = 1024
     worker_count: int = 1
+    worker_slots: int = 1
     worker_on_demand_base: int = 0
     default_provisioned_concurrency: int = 0
     default_route: Route = "lambda"
@@ -542,6 +546,7 @@ class _Pricing:
             *self.keys_and_secrets(),
             *self.provisioned_concurrency(),
             *self.idle_polls(),
+            *self.slot_leases(),
             *self.session_storage(),
         ]
 
@@ -699,7 +704,9 @@ class _Pricing:
         tasks = self.worker_tasks()
         if not tasks:
             return []
-        polls = tasks * self.a.sqs_pollers * 3 * 60  # a 20 s long poll, three a minute
+        # Each slot's queue is polled by the worker holding it, with sqs_pollers loops, each
+        # a 20 s long poll: three a minute.
+        polls = self.s.worker_slots * self.a.sqs_pollers * 3 * 60
         rate = self.p.tiered("sqs.fifo_request", polls * HOURS_PER_MONTH) / MILLION
         return [
             self.shared(
@@ -712,6 +719,30 @@ class _Pricing:
         ]
 
     # -- DynamoDB
+
+    def slot_leases(self) -> list[LineItem]:
+        """Every worker, every lease tick: one read of all lease items, a registry write and
+        a renewal per slot it holds (worker/service.py), whether or not calls are up."""
+        tasks = self.worker_tasks()
+        if not tasks:
+            return []
+        ticks = 3600 / LEASE_TICK_SECONDS
+        slots = self.s.worker_slots
+        reads = tasks * ticks * (slots + 1)  # items under 4 KB: a read unit each
+        writes = tasks * ticks + ticks * slots  # registry per task; each slot renewed once
+        usd = (
+            reads * self.usd("dynamodb.read_request_unit")
+            + writes * self.usd("dynamodb.write_request_unit")
+        ) / MILLION
+        return [
+            self.shared(
+                "DynamoDB",
+                f"slot leases ({slots} slots, a {LEASE_TICK_SECONDS:g} s tick per worker)",
+                reads + writes,
+                "request units an hour",
+                usd,
+            )
+        ]
 
     def dynamodb(self) -> list[LineItem]:
         writes = 2 * self.shape.calls_started  # a put at $connect, a delete at $disconnect
@@ -1184,6 +1215,7 @@ def scenario_from_stack(settings: StackSettings, options: argparse.Namespace) ->
         worker_cpu=config.worker_cpu,
         worker_memory=config.worker_memory,
         worker_count=config.worker_count,
+        worker_slots=config.worker_slots,
         worker_on_demand_base=config.worker_on_demand_base,
         default_provisioned_concurrency=config.default_provisioned_concurrency,
         default_route=options.default_route or settings.default_route,
