@@ -89,8 +89,9 @@ def stack_env() -> dict[str, str]:
     return {"TMPDIR": tempfile.mkdtemp(prefix="voice-agent-workers-")}
 
 
+@pytest.mark.parametrize("replaced", [False, True], ids=["survivor-only", "replacement-starts"])
 def test_calls_continue_bit_exact_when_a_worker_is_stopped_mid_call(
-    stack_env: dict[str, str],
+    stack_env: dict[str, str], replaced: bool
 ) -> None:
     """2 slots, 20 concurrent calls; one worker gets SIGTERM (as from ECS on a Spot
     interruption) in the middle: its calls are handed over to the other worker, and every
@@ -99,17 +100,16 @@ def test_calls_continue_bit_exact_when_a_worker_is_stopped_mid_call(
     The documented gap: what the caller says during the handover waits in the queue and
     reaches the new model session in a burst, sooner than in real time. A caller who
     starts the next turn within about (VAD silence + handover gap) of the last one can
-    therefore cut the model's reply short, as a barge-in; these callers pause 1.6 s."""
+    therefore cut the model's reply short, as a barge-in; these callers pause 1.6 s.
+
+    With ``replaced``, a new worker starts in place of the stopped one (as ECS does) and
+    the survivor gives it a slot back mid-call: a second handover, same result."""
     calls = 20
     voices = [turns(5, 250 + 23 * i, pause_ms=1600) for i in range(calls)]
-    with local_stack(
-        "--workers",
-        "2",
-        "--no-respawn",
-        "--log-level",
-        os.environ.get("STACK_LOG_LEVEL", "WARNING"),
-        env=stack_env,
-    ) as stack:
+    options = ["--workers", "2", "--log-level", os.environ.get("STACK_LOG_LEVEL", "WARNING")]
+    if not replaced:
+        options.append("--no-respawn")
+    with local_stack(*options, env=stack_env) as stack:
         wait_for(lambda: sorted(map(len, slots_held(stack))) == [1, 1], 20, "both slots leased")
         victim = runtime_info(stack)["workers"][0]
         survivor = runtime_info(stack)["workers"][1]
@@ -124,7 +124,15 @@ def test_calls_continue_bit_exact_when_a_worker_is_stopped_mid_call(
             return await asyncio.gather(*running)
 
         results = asyncio.run(scenario())
+        # Health files are rewritten every 5 s: wait for the one that shows the outcome.
+        wait_for(lambda: worker_stats(survivor["health_file"])["resumed"] >= 1, 8, "resumes")
         stats = worker_stats(survivor["health_file"])
+        if replaced:
+            replacement = runtime_info(stack)["workers"][0]
+            assert replacement["pid"] != victim["pid"]
+            wait_for(lambda: worker_stats(replacement["health_file"])["resumed"] >= 1, 8, "resumes")
+            replacement_stats = worker_stats(replacement["health_file"])
+            stats = worker_stats(survivor["health_file"])
     failures = [
         {
             "call": i,
@@ -136,8 +144,13 @@ def test_calls_continue_bit_exact_when_a_worker_is_stopped_mid_call(
         if r.errors or r.reply_pcm != expected_echo(pcm)
     ]
     assert failures == []
-    assert stats["slots"] == [0, 1]  # the survivor took the stopped worker's slot
-    assert stats["resumed"] >= 1
+    assert stats["resumed"] >= 1  # the survivor took the stopped worker's slot and calls
+    if replaced:
+        # The replacement got a slot back, with the calls on it.
+        assert len(stats["slots"]) == len(replacement_stats["slots"]) == 1
+        assert stats["handed_over"] >= 1 and replacement_stats["resumed"] >= 1
+    else:
+        assert stats["slots"] == [0, 1]
     gaps = stats["resume_gaps_ms"]
     latencies = sorted(ms for r in results for ms in r.latencies_ms)
     print(

@@ -32,6 +32,7 @@ log = logging.getLogger("voice-agent.worker.queue")
 _WAIT_SECONDS = 20  # long polling: an idle worker makes three requests a minute per loop
 _BATCH = 10  # SQS maximum per receive
 _RETRY_PAUSE_S = 1.0
+_SHORT_POLL_PAUSE_S = 0.1
 
 
 class QueueConsumer:
@@ -78,6 +79,8 @@ class QueueConsumer:
                 continue
             messages = response.get("Messages") or []
             if not messages:
+                if self._declined:
+                    await asyncio.sleep(_SHORT_POLL_PAUSE_S)
                 continue
             if self._stopping.is_set():
                 await self._give_back(messages, index)
@@ -121,10 +124,13 @@ class QueueConsumer:
                 )
 
     def _receive(self) -> dict[str, Any]:
+        # While messages are held back (a handover is under way, seconds at most), poll
+        # short: moto's long poll spins while a group is in flight, and the slot is about to
+        # change hands anyway.
         return self._sqs.receive_message(
             QueueUrl=self._queue_url,
             MaxNumberOfMessages=_BATCH,
-            WaitTimeSeconds=self._wait_seconds,
+            WaitTimeSeconds=0 if self._declined else self._wait_seconds,
             **RECEIVE_ATTRIBUTES,
         )
 

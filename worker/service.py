@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -70,7 +71,9 @@ class WorkerService:
         self.held: dict[int, QueueConsumer] = {}
         self._consumer_tasks: set[asyncio.Task[None]] = set()
         self.draining = False
-        self._wake = asyncio.Event()
+        # Slots being given up to balance the workers (in the background: the lease round
+        # must go on renewing the others meanwhile).
+        self._releasing: dict[int, asyncio.Task[None]] = {}
         self._others_draining = False
         self.handed_over = 0
 
@@ -91,12 +94,7 @@ class WorkerService:
                 if self._others_draining and not self.draining
                 else self.settings.lease_tick_ms
             )
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), interval / 1000)
-
-    def wake(self) -> None:
-        self._wake.set()
+            await asyncio.sleep(interval / 1000)
 
     async def lease_round(self) -> None:
         me = self.leases.worker_id
@@ -110,12 +108,15 @@ class WorkerService:
         for slot in list(self.held):
             try:
                 await self.leases.renew(
-                    slot, now, len(self.bridge.calls_on(slot)), draining=self.draining
+                    slot,
+                    now,
+                    len(self.bridge.calls_on(slot)),
+                    draining=self.draining or slot in self._releasing,
                 )
             except LeaseLost:
                 log.warning("slot lease lost", extra={"slot": slot})
                 self._abandon(slot)
-        if self.draining:
+        if self.draining or self._releasing:
             return
         plan = plan_leases(states, alive, me, now)
         for slot in plan.claim:
@@ -124,7 +125,18 @@ class WorkerService:
         for slot in plan.release:
             log.info("giving a slot up to balance the workers", extra={"slot": slot})
             await self._mark_draining(slot)
-            await self.hand_over([slot], self.settings.drain_wait_ms // 4)
+            task = asyncio.get_running_loop().create_task(
+                self.hand_over([slot], self.settings.drain_wait_ms // 4)
+            )
+            self._releasing[slot] = task
+            task.add_done_callback(functools.partial(self._released, slot))
+
+    def _released(self, slot: int, task: asyncio.Task[None]) -> None:
+        self._releasing.pop(slot, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning(
+                "giving up a slot failed", extra={"slot": slot, "error": repr(task.exception())}
+            )
 
     def _serve(self, slot: int) -> None:
         consumer = QueueConsumer(
