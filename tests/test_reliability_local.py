@@ -161,6 +161,53 @@ def test_calls_continue_bit_exact_when_a_worker_is_stopped_mid_call(
     )
 
 
+def test_calls_survive_a_worker_killed_outright(stack_env: dict[str, str]) -> None:
+    """SIGKILL: no drain, no saved state. The other worker takes the slot once its lease
+    runs out (3 s here; 20 s + a 5 s tick in the cloud), and a call's frames the dead worker
+    had received come back after the queue's visibility timeout (10 s). The calls go on with
+    a new model session and answer again; the caller is told of the frames lost
+    (``audio_gap``). What was said during the outage reaches the new session in a burst,
+    where each turn barges in on the reply to the one before, so those replies are cut
+    short: a crash costs the conversation so far and the outage's turns (known limit)."""
+    calls, count = 10, 6
+    voices = [turns(count, 250 + 23 * i, pause_ms=1600) for i in range(calls)]
+    with local_stack("--workers", "2", "--no-respawn", env=stack_env) as stack:
+        wait_for(lambda: sorted(map(len, slots_held(stack))) == [1, 1], 20, "both slots leased")
+        victim = runtime_info(stack)["workers"][0]
+
+        async def scenario() -> list[Any]:
+            running = [
+                asyncio.create_task(
+                    call_gateway(
+                        stack.ws_url,
+                        pcm,
+                        frame_ms=300,
+                        expected_turns=count,
+                        settle_timeout_s=12,
+                    )
+                )
+                for pcm in voices
+            ]
+            await asyncio.sleep(3.0)
+            os.kill(victim["pid"], signal.SIGKILL)
+            return await asyncio.gather(*running)
+
+        results = asyncio.run(scenario())
+    hit = 0
+    for pcm, result in zip(voices, results, strict=True):
+        replies = expected_replies(pcm + silence(DEFAULT_TAIL_MS))
+        codes = {e.get("code") for e in result.errors}
+        assert codes <= {"audio_gap"}, result.errors
+        if codes:
+            hit += 1
+            # The call was not dropped: it is answered again after the outage.
+            assert result.audio_items_done >= 2
+            assert "session_ended" not in [e["type"] for e in result.events]
+        else:
+            assert result.reply_pcm == b"".join(replies)  # a call on the surviving worker
+    assert hit >= 1  # the killed worker had calls
+
+
 def test_a_thousand_short_calls_leave_no_call_task_socket_or_row_behind(
     stack_env: dict[str, str],
 ) -> None:
