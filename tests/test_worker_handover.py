@@ -6,6 +6,8 @@ callers that vanish without a $disconnect."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 
 from emulators.realtime import RealtimeEmulator, expected_replies
 from tests.test_local_stack import silence, tone
@@ -17,6 +19,8 @@ from tests.test_worker_bridge import (
     until,
     with_emulator,
 )
+from wire import client as proto
+from wire.audio import ms_to_bytes
 from wire.handover import CallHandover
 from wire.queue import EnvelopeKind
 from worker.session_rows import SessionRow
@@ -144,6 +148,34 @@ def test_envelopes_of_a_handed_over_call_are_declined_until_the_slot_moves() -> 
         bridge.handed_over_slot(3)  # the slot is another worker's; it may come back
         assert bridge.handle(envelope(EnvelopeKind.FRAME, "{}", 2), 3) is True
         await bridge.settle()
+        await bridge.shutdown()
+
+    with_emulator(body)
+
+
+def test_a_call_taken_over_without_saved_state_skips_the_outages_audio() -> None:
+    """The worker holding the call died: frames from the outage are skipped (and reported),
+    the first fresh frame and all after it reach the new model session."""
+
+    async def body(emulator: RealtimeEmulator) -> None:
+        posts = RecordingConnections()
+        bridge = make_bridge(emulator, posts)
+        bridge.rows = MemoryRows({"conn-1"})  # type: ignore[assignment]  # no handover state
+        outage = silence(1000)
+        now_ms = int(time.time() * 1000)
+        for n, offset in enumerate(range(0, len(outage), ms_to_bytes(100))):
+            stale = envelope(
+                EnvelopeKind.FRAME, proto.audio_action(outage[offset : offset + 4800], seq=n), n
+            )
+            bridge.handle(dataclasses.replace(stale, received_at_ms=now_ms - 20_000))
+        turn = silence(100) + tone(500, 440) + silence(700)
+        await speak(bridge, turn, first_seq=10)
+        await until(lambda: "audio_done" in posts.types("conn-1"))
+        call = bridge.calls["conn-1"]
+        assert call.stale_frames == 10 and not call.catching_up
+        assert posts.audio("conn-1") == b"".join(expected_replies(turn))
+        gaps = [e for e in posts.posts["conn-1"] if e["type"] == "error"]
+        assert [e["code"] for e in gaps] == ["audio_gap"]
         await bridge.shutdown()
 
     with_emulator(body)

@@ -69,6 +69,13 @@ class LiveCall:
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self.last_frame_at = time.monotonic()
+        # Taken over from a worker that died without handing over: the call's frames from
+        # the outage (a lease and a visibility timeout long) are skipped until they are
+        # fresh again. Fed to a new model session in one burst, each turn would barge in on
+        # the reply to the one before; skipped, the caller gets audio_gap and a model that
+        # hears what it says now.
+        self.catching_up = False
+        self.stale_frames = 0
         # Request ids of recent envelopes: SQS delivers at least once, so a message can
         # come again (a lost delete, a visibility timeout); the model must hear it once.
         self._recent_requests: OrderedDict[str, None] = OrderedDict()
@@ -88,6 +95,16 @@ class LiveCall:
         self._recent_requests[envelope.request_id] = None
         if len(self._recent_requests) > _RECENT_REQUESTS:
             self._recent_requests.popitem(last=False)
+        if self.catching_up:
+            if time.time() * 1000 - envelope.received_at_ms > _STALE_AFTER_MS:
+                self.stale_frames += 1
+                return
+            self.catching_up = False  # caught up: from here on every frame counts
+            if self.stale_frames:
+                log.info(
+                    "stale audio skipped after a takeover",
+                    extra={"connection_id": self.connection_id, "frames": self.stale_frames},
+                )
         self.apply(self.core.receive_client_frame(envelope.body, monotonic_ms()))
 
     def _model_event(self, event: dict[str, Any]) -> None:
@@ -200,6 +217,10 @@ _RECENT_REQUESTS = 1024
 _MAX_DOWNLINK_BACKLOG = 500
 
 
+# A frame older than this (since API Gateway received it) when a taken-over call starts is
+# from the outage: a graceful handover's backlog is about a second.
+_STALE_AFTER_MS = 3_000
+
 # Connections recently ended here, so their late frames are dropped without a row read.
 _RECENTLY_ENDED = 4096
 
@@ -299,7 +320,9 @@ class Bridge:
             trigger = "handover" if handover is not None else "frame"
             if not self.accepting:
                 return
-            self._open(cid, slot, handover, trigger=trigger)
+            call = self._open(cid, slot, handover, trigger=trigger)
+            # No saved state: the worker holding the call died (or its open was lost).
+            call.catching_up = handover is None
             if handover is not None:
                 self.resumed += 1
                 # Saved -> resumed: how long the call was in nobody's hands.
