@@ -43,6 +43,7 @@ class LiveCall:
         *,
         slot: int = 0,
         handover: CallHandover | None = None,
+        catching_up: bool = False,
     ) -> None:
         self.bridge = bridge
         self.connection_id = connection_id
@@ -74,7 +75,7 @@ class LiveCall:
         # fresh again. Fed to a new model session in one burst, each turn would barge in on
         # the reply to the one before; skipped, the caller gets audio_gap and a model that
         # hears what it says now.
-        self.catching_up = False
+        self.catching_up = catching_up
         self.stale_frames = 0
         # Request ids of recent envelopes: SQS delivers at least once, so a message can
         # come again (a lost delete, a visibility timeout); the model must hear it once.
@@ -176,12 +177,8 @@ class LiveCall:
         for command in commands:
             if isinstance(command, SendToClient):
                 self.downlink.send(command.payload)
-        if not self._closed:
-            self._closed = True
-            if self._timer is not None:
-                self._timer.cancel()
-            self.bridge.forget(self.connection_id)
-            self.bridge.track(self._close_transports(caller_present=False, drain=True))
+        # The caller stays connected (another worker goes on) and gets what was queued.
+        self._stop_serving(disconnect=False, drain=True)
         return handover
 
     @property
@@ -190,22 +187,31 @@ class LiveCall:
         return self.core.at_turn_boundary and self.downlink.backlog == 0
 
     def _end(self, command: EndSession) -> None:
-        reason = command.reason
+        if self._closed:
+            return
+        log.info(
+            "call ended", extra={"connection_id": self.connection_id, "reason": command.reason}
+        )
+        # A caller still connected gets what is queued (e.g. session_ended), then its
+        # WebSocket is closed, which makes API Gateway send $disconnect.
+        present = command.caller_present
+        self._stop_serving(disconnect=present, drain=present)
+
+    def _stop_serving(self, *, disconnect: bool, drain: bool) -> None:
+        """This worker is done with the call: no more timer, forgotten by the bridge, its
+        transports closed in the background."""
         if self._closed:
             return
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
         self.bridge.forget(self.connection_id)
-        log.info("call ended", extra={"connection_id": self.connection_id, "reason": reason})
-        self.bridge.track(self._close_transports(command.caller_present))
+        self.bridge.track(self._close_transports(disconnect=disconnect, drain=drain))
 
-    async def _close_transports(self, caller_present: bool, drain: bool | None = None) -> None:
+    async def _close_transports(self, *, disconnect: bool, drain: bool) -> None:
         await self.link.close()
-        # A caller still connected gets what is queued (e.g. session_ended), then its
-        # WebSocket is closed, which makes API Gateway send $disconnect.
-        await self.downlink.close(drain=caller_present if drain is None else drain)
-        if caller_present:
+        await self.downlink.close(drain=drain)
+        if disconnect:
             await self.bridge.connections.disconnect(self.connection_id)
 
 
@@ -288,9 +294,15 @@ class Bridge:
             call.client_frame(envelope)
 
     def _open(
-        self, cid: str, slot: int, handover: CallHandover | None, *, trigger: str
+        self,
+        cid: str,
+        slot: int,
+        handover: CallHandover | None,
+        *,
+        trigger: str,
+        catching_up: bool = False,
     ) -> LiveCall:
-        call = LiveCall(self, cid, slot=slot, handover=handover)
+        call = LiveCall(self, cid, slot=slot, handover=handover, catching_up=catching_up)
         self.calls[cid] = call
         self._ended.pop(cid, None)
         log.info("call opened", extra={"connection_id": cid, "trigger": trigger, "slot": slot})
@@ -320,9 +332,8 @@ class Bridge:
             trigger = "handover" if handover is not None else "frame"
             if not self.accepting:
                 return
-            call = self._open(cid, slot, handover, trigger=trigger)
             # No saved state: the worker holding the call died (or its open was lost).
-            call.catching_up = handover is None
+            self._open(cid, slot, handover, trigger=trigger, catching_up=handover is None)
             if handover is not None:
                 self.resumed += 1
                 # Saved -> resumed: how long the call was in nobody's hands.
